@@ -1,0 +1,220 @@
+"""The perturbation suite: every variant is a pure function (sample, misleading letter) -> Prompt.
+
+Only text changes; the image is never touched. Reasoning and captions for synthetic samples are
+written from their scene facts (vlmstress.data.synth), for other data from the option text.
+Users add variants with `register_variant`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from vlmstress.data.schema import ImageRef, Sample, letters
+from vlmstress.errors import UsageError
+
+STOP_THINK = "<think>Okay let's see. This should be the final answer.</think>"
+THINK_HEDGE = " but I think"
+CAPTION_HEDGE = " but I could be wrong."
+ABSTAIN_OPTION = "I'm not sure"
+
+
+@dataclass(frozen=True)
+class Template:
+    """How the user turn is written: harnesses differ, and the template is part of the run config."""
+
+    name: str
+    instruction: str
+    option_format: str = "{letter}. {text}"
+    caption_format: str = "Caption: {caption}"
+
+
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template(
+            "vlmstress",
+            "Think inside <think></think>, then give the option letter inside <answer></answer>.",
+        ),
+        Template("mmbench", "Answer with the option's letter from the given choices directly."),
+        Template("mme-realworld", "The best answer is:", option_format="({letter}) {text}"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What is asked: the user turn, the image, and the assistant prefill the model continues."""
+
+    sample_id: str
+    variant: str
+    user: str
+    image: ImageRef
+    options: tuple[str, ...]
+    target: str | None
+    misleading: str | None = None
+    prefill: str = ""
+    system: str | None = None
+
+    @property
+    def option_letters(self) -> list[str]:
+        return letters(len(self.options))
+
+
+def render_user(
+    question: str, options: tuple[str, ...], template: Template, caption: str | None = None
+) -> str:
+    lines = []
+    if caption is not None:
+        lines.append(template.caption_format.format(caption=caption))
+    lines.append(question.strip())
+    lines += [template.option_format.format(letter=ltr, text=t) for ltr, t in zip(letters(len(options)), options)]
+    if template.instruction:
+        lines.append(template.instruction)
+    return "\n".join(lines)
+
+
+def misleading_letter(sample: Sample, seed: int) -> str | None:
+    """The wrong option a wrong_* variant argues for: drawn from the sample id and the seed only,
+    so every rerun, model and variant of one study agrees on it."""
+    wrong = [ltr for ltr in sample.option_letters if ltr != sample.target]
+    if not wrong or sample.target is None:
+        return None
+    # random.Random seeded with a str hashes it with SHA-512: stable across processes and platforms.
+    return random.Random(f"misleading:{seed}:{sample.sample_id}").choice(wrong)
+
+
+def think_text(sample: Sample, letter: str) -> str:
+    """Reasoning that argues for option `letter`, in the words a model would use."""
+    if sample.facts is not None:
+        from vlmstress.data import synth
+
+        return synth.think_text(sample, letter)
+    text = sample.option_text(letter)
+    return f"Looking at the image, the answer to this question is {text}. So the answer is {letter}."
+
+
+def caption_text(sample: Sample, letter: str) -> str:
+    """A caption of the image that suggests option `letter`."""
+    if sample.facts is not None:
+        from vlmstress.data import synth
+
+        return synth.caption_text(sample, letter)
+    return f"This picture shows {sample.option_text(letter)}."
+
+
+class NotApplicable(ValueError):
+    """The variant needs something the sample lacks (say, options for a wrong option)."""
+
+
+VariantFn = Callable[[Sample, "str | None", Template], Prompt]
+VARIANTS: dict[str, VariantFn] = {}
+
+
+def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
+    """Add a variant under `name`; it becomes selectable with `--variants name`."""
+
+    def add(fn: VariantFn) -> VariantFn:
+        VARIANTS[name] = fn
+        return fn
+
+    return add
+
+
+def _prompt(sample: Sample, variant: str, template: Template, *, caption: str | None = None,
+            prefill: str = "", misleading: str | None = None, options: tuple[str, ...] | None = None) -> Prompt:
+    options = sample.options if options is None else options
+    return Prompt(
+        sample_id=sample.sample_id,
+        variant=variant,
+        user=render_user(sample.question, options, template, caption),
+        image=sample.image,
+        options=options,
+        target=sample.target,
+        misleading=misleading,
+        prefill=prefill,
+    )
+
+
+def _need(letter: str | None, variant: str) -> str:
+    if letter is None:
+        raise NotApplicable(f"{variant} needs a multiple-choice sample with a target")
+    return letter
+
+
+@register_variant("base")
+def base(sample: Sample, misleading: str | None, template: Template) -> Prompt:
+    return _prompt(sample, "base", template)
+
+
+@register_variant("stop_think")
+def stop_think(sample: Sample, misleading: str | None, template: Template) -> Prompt:
+    return _prompt(sample, "stop_think", template, prefill=STOP_THINK)
+
+
+@register_variant("wrong_think")
+def wrong_think(sample: Sample, misleading: str | None, template: Template) -> Prompt:
+    ltr = _need(misleading, "wrong_think")
+    return _prompt(sample, "wrong_think", template, misleading=ltr,
+                   prefill=f"<think>{think_text(sample, ltr)}</think>")
+
+
+@register_variant("wrong_think_hedge")
+def wrong_think_hedge(sample: Sample, misleading: str | None, template: Template) -> Prompt:
+    # Our reading of the paper: the think block is left open after the hedge, so the model may recover.
+    ltr = _need(misleading, "wrong_think_hedge")
+    return _prompt(sample, "wrong_think_hedge", template, misleading=ltr,
+                   prefill=f"<think>{think_text(sample, ltr)}{THINK_HEDGE}")
+
+
+@register_variant("wrong_caption")
+def wrong_caption(sample: Sample, misleading: str | None, template: Template) -> Prompt:
+    ltr = _need(misleading, "wrong_caption")
+    return _prompt(sample, "wrong_caption", template, misleading=ltr, caption=caption_text(sample, ltr))
+
+
+@register_variant("wrong_caption_hedge")
+def wrong_caption_hedge(sample: Sample, misleading: str | None, template: Template) -> Prompt:
+    ltr = _need(misleading, "wrong_caption_hedge")
+    caption = caption_text(sample, ltr).rstrip(".") + CAPTION_HEDGE
+    return _prompt(sample, "wrong_caption_hedge", template, misleading=ltr, caption=caption)
+
+
+@register_variant("correct_think")
+def correct_think(sample: Sample, misleading: str | None, template: Template) -> Prompt:
+    ltr = _need(sample.target, "correct_think")
+    return _prompt(sample, "correct_think", template, prefill=f"<think>{think_text(sample, ltr)}</think>")
+
+
+@register_variant("correct_caption")
+def correct_caption(sample: Sample, misleading: str | None, template: Template) -> Prompt:
+    ltr = _need(sample.target, "correct_caption")
+    return _prompt(sample, "correct_caption", template, caption=caption_text(sample, ltr))
+
+
+@register_variant("abstain")
+def abstain(sample: Sample, misleading: str | None, template: Template) -> Prompt:
+    if sample.is_open_ended:
+        raise NotApplicable("abstain needs a multiple-choice sample")
+    return _prompt(sample, "abstain", template, options=(*sample.options, ABSTAIN_OPTION))
+
+
+def resolve_variants(spec: str) -> list[str]:
+    """`all` or a comma list of registered names, in the order given; an unknown name is a UsageError."""
+    if spec.strip() == "all":
+        return list(VARIANTS)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        raise UsageError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(VARIANTS)}")
+    return list(dict.fromkeys(names))
+
+
+def perturb(sample: Sample, variant: str, seed: int, template: Template = TEMPLATES["vlmstress"]) -> Prompt:
+    """The prompt of `sample` under `variant`; raises NotApplicable where the variant cannot apply."""
+    return VARIANTS[variant](sample, misleading_letter(sample, seed), template)
+
+
+def with_system(prompt: Prompt, system: str | None) -> Prompt:
+    return replace(prompt, system=system)
