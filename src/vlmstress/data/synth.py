@@ -1,0 +1,261 @@
+"""`synth`: a synthetic multiple-choice benchmark drawn with PIL, deterministic from the seed.
+
+Scenes are shapes on a 4x4 grid of 16 px cells in a 64 px image, one object per cell, so that each
+2x2-merged Qwen2.5-VL image token (16 px with patch 8) sees one object. The floor is tinted by
+position (red ramp left->right, blue ramp top->bottom) so every patch carries where it is: the
+Qwen2.5-VL vision tower has only relative (rotary) positions, and a 1M-parameter model did not learn
+absolute position from them in minutes (../shared/tiny-model-notes.md: spatial stayed at chance).
+
+Five families mirror the paper's benchmarks:
+- spatial   (WhatsUp, CV-Bench Relation): where is the X relative to the Y?
+- count     (CV-Bench Count, Pixmo-Count): how many Xs are there?
+- depth     (3DSRBench, CV-Bench Depth): which shape is closest to the camera? (the large one)
+- attribute (V*): what colour is the small X?
+- twohop    (Spatial-MM Multihop): what colour is the shape left of the X?
+
+Every sample carries its scene facts, from which correct or wrong reasoning and captions are
+written for any option (think_text, caption_text), in the words the tiny model is trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from vlmstress.data.schema import Sample, letters
+
+IMAGE_SIZE = 64
+GRID = 4
+CELL = IMAGE_SIZE // GRID
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLOURS = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (40, 90, 255),
+    "yellow": (245, 225, 20),
+    "white": (250, 250, 250),
+}
+RADIUS = {"small": 3, "medium": 5, "large": 7}
+RELATIONS = ("left of", "right of", "above", "below")
+# Words that name a value an option can carry (the tiny model's tokenizer keeps each one whole).
+VALUE_WORDS = (*SHAPES, *COLOURS, *RELATIONS, *RADIUS, "largest")
+FAMILIES = ("spatial", "count", "depth", "attribute", "twohop")
+# The split is part of the seed, so train and test scenes come from disjoint random streams; the
+# test set is also filtered against nothing else, so a duplicate scene is possible but not shared.
+SPLIT_SALT = {"train": 1, "test": 2, "val": 3}
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    row: int
+    col: int
+
+    def to_json(self) -> dict:
+        return {"shape": self.shape, "colour": self.colour, "size": self.size, "row": self.row, "col": self.col}
+
+
+def _cells(rng: random.Random, k: int) -> list[tuple[int, int]]:
+    return rng.sample([(r, c) for r in range(GRID) for c in range(GRID)], k)
+
+
+def _relation(a: Obj, b: Obj) -> str | None:
+    """Where a is relative to b, when they share a row or a column."""
+    if a.row == b.row and a.col != b.col:
+        return "left of" if a.col < b.col else "right of"
+    if a.col == b.col and a.row != b.row:
+        return "above" if a.row < b.row else "below"
+    return None
+
+
+def _options(rng: random.Random, answer: str, pool: list[str]) -> tuple[tuple[str, ...], str]:
+    others = rng.sample([p for p in pool if p != answer], 3)
+    options = [answer, *others]
+    rng.shuffle(options)
+    return tuple(options), letters(4)[options.index(answer)]
+
+
+def _scene_spatial(rng: random.Random):
+    k = rng.randint(2, 4)
+    shapes = rng.sample(SHAPES, k)
+    while True:
+        cells = _cells(rng, k)
+        objs = [Obj(s, rng.choice(list(COLOURS)), "medium", r, c) for s, (r, c) in zip(shapes, cells)]
+        rel = _relation(objs[0], objs[1])
+        if rel:
+            break
+    a, b = objs[0], objs[1]
+    question = f"Where is the {a.shape} relative to the {b.shape}?"
+    options, target = _options(rng, rel, list(RELATIONS))
+    return objs, question, options, target, {"subject": a.shape, "anchor": b.shape, "value": rel}
+
+
+def _scene_count(rng: random.Random):
+    shape = rng.choice(SHAPES)
+    n = rng.randint(1, 4)
+    extra = rng.randint(0, 3)
+    cells = _cells(rng, n + extra)
+    others = [s for s in SHAPES if s != shape]
+    objs = [Obj(shape, rng.choice(list(COLOURS)), "medium", r, c) for r, c in cells[:n]]
+    objs += [Obj(rng.choice(others), rng.choice(list(COLOURS)), "medium", r, c) for r, c in cells[n:]]
+    rng.shuffle(objs)
+    question = f"How many {shape}s are there?"
+    options, target = _options(rng, str(n), [str(i) for i in range(0, 7)])
+    return objs, question, options, target, {"subject": shape, "value": str(n)}
+
+
+def _scene_depth(rng: random.Random):
+    k = rng.randint(2, 4)
+    shapes = rng.sample(SHAPES, k)
+    cells = _cells(rng, k)
+    objs = [
+        Obj(s, rng.choice(list(COLOURS)), "large" if i == 0 else "small", r, c)
+        for i, (s, (r, c)) in enumerate(zip(shapes, cells))
+    ]
+    near = objs[0].shape
+    rng.shuffle(objs)
+    question = "Which shape is closest to the camera?"
+    options, target = _options(rng, near, list(SHAPES))
+    return objs, question, options, target, {"value": near}
+
+
+def _scene_attribute(rng: random.Random):
+    k = rng.randint(2, 4)
+    shapes = rng.sample(SHAPES, k)
+    cells = _cells(rng, k)
+    objs = [
+        Obj(s, rng.choice(list(COLOURS)), "small" if i == 0 else "large", r, c)
+        for i, (s, (r, c)) in enumerate(zip(shapes, cells))
+    ]
+    subject = objs[0]
+    rng.shuffle(objs)
+    question = f"What colour is the small {subject.shape}?"
+    options, target = _options(rng, subject.colour, list(COLOURS))
+    return objs, question, options, target, {"subject": subject.shape, "value": subject.colour}
+
+
+def _scene_twohop(rng: random.Random):
+    while True:
+        k = rng.randint(2, 4)
+        shapes = rng.sample(SHAPES, k)
+        cells = _cells(rng, k)
+        objs = [Obj(s, rng.choice(list(COLOURS)), "medium", r, c) for s, (r, c) in zip(shapes, cells)]
+        anchor = objs[0]
+        # the hop must name exactly one shape: the only object on that side of the anchor
+        found = {}
+        for o in objs[1:]:
+            rel = _relation(o, anchor)
+            if rel:
+                found.setdefault(rel, []).append(o)
+        unique = [(rel, os[0]) for rel, os in found.items() if len(os) == 1]
+        if unique:
+            rel, hop = rng.choice(unique)
+            break
+    question = f"What colour is the shape {rel} the {anchor.shape}?"
+    options, target = _options(rng, hop.colour, list(COLOURS))
+    facts = {"anchor": anchor.shape, "relation": rel, "hop": hop.shape, "value": hop.colour}
+    return objs, question, options, target, facts
+
+
+SCENES = {
+    "spatial": _scene_spatial,
+    "count": _scene_count,
+    "depth": _scene_depth,
+    "attribute": _scene_attribute,
+    "twohop": _scene_twohop,
+}
+
+
+def draw(objs: list[Obj], jitter: list[tuple[int, int]] | None = None) -> Image.Image:
+    img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE))
+    px = img.load()
+    for y in range(IMAGE_SIZE):
+        for x in range(IMAGE_SIZE):
+            px[x, y] = (30 + x, 60, 30 + y)
+    d = ImageDraw.Draw(img)
+    for i, o in enumerate(objs):
+        dx, dy = jitter[i] if jitter else (0, 0)
+        cx, cy = o.col * CELL + CELL // 2 + dx, o.row * CELL + CELL // 2 + dy
+        r = RADIUS[o.size]
+        fill = COLOURS[o.colour]
+        if o.shape == "circle":
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        elif o.shape == "square":
+            d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        elif o.shape == "triangle":
+            d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        else:
+            d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+    return img
+
+
+def make_sample(index: int, seed: int, split: str = "test", family: str | None = None) -> Sample:
+    rng = random.Random(f"synth:{seed}:{SPLIT_SALT[split]}:{index}")
+    family = family or FAMILIES[index % len(FAMILIES)]
+    objs, question, options, target, facts = SCENES[family](rng)
+    jitter = [(rng.randint(-2, 2), rng.randint(-2, 2)) for _ in objs]
+    facts = {"family": family, **facts, "objects": [o.to_json() for o in objs], "jitter": jitter}
+    return Sample(
+        sample_id=f"synth-{split}-{seed}-{index}",
+        question=question,
+        options=options,
+        target=target,
+        answer_text=options[letters(4).index(target)],
+        image=draw(objs, jitter),
+        family=family,
+        facts=facts,
+    )
+
+
+def generate(n: int, *, seed: int = 0, split: str = "test") -> list[Sample]:
+    """n samples, the five families in turn; the same (n, seed, split) always gives the same set."""
+    return [make_sample(i, seed, split) for i in range(n)]
+
+
+# --- reasoning and captions, written from the facts for any option -----------------------------
+
+
+def fact_text(facts: dict, value: str) -> str:
+    """The sentence of scene facts that makes `value` the answer (true only for the target)."""
+    fam = facts["family"]
+    if fam == "spatial":
+        return f"The {facts['subject']} is {value} the {facts['anchor']}."
+    if fam == "count":
+        return f"I count {value} {facts['subject']}s."
+    if fam == "depth":
+        return f"The {value} is the largest shape, so it is closest."
+    if fam == "attribute":
+        return f"The small {facts['subject']} is {value}."
+    if fam == "twohop":
+        return f"The shape {facts['relation']} the {facts['anchor']} is the {facts['hop']}. It is {value}."
+    raise ValueError(f"unknown synth family {fam!r}")
+
+
+def think_text(sample: Sample, letter: str) -> str:
+    value = sample.option_text(letter)
+    return f"{fact_text(sample.facts, value)} The answer is {value}, option {letter}."
+
+
+def caption_text(sample: Sample, letter: str) -> str:
+    return fact_text(sample.facts, sample.option_text(letter))
+
+
+def write(samples: list[Sample], out: str | Path) -> Path:
+    """Write samples in the local file format (`data.jsonl` + PNG images) that `--data FILE` reads."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    path = out / "data.jsonl"
+    with path.open("w") as f:
+        for s in samples:
+            name = f"images/{s.sample_id}.png"
+            s.image.save(out / name)
+            row = {"id": s.sample_id, "question": s.question, "options": list(s.options),
+                   "answer": s.target, "image": name, "family": s.family, "facts": s.facts}
+            f.write(json.dumps(row) + "\n")
+    return path

@@ -1,0 +1,216 @@
+"""`vlmstress train sft`: the seeded recipe that teaches the tiny Qwen2.5-VL to see and to reason.
+
+Naive SFT from scratch stays at chance (../shared/tiny-model-notes.md): the model learns the
+template but neither to see nor to map a value to its option letter. This recipe adds two warm-ups
+that supervise each skill directly, then moves to the study's format:
+- `describe`: "Describe the scene." -> every object with colour, size, shape, row and column
+  (dense perception supervision: every token of the target depends on the image);
+- `lookup`: a text-only question "Which option is X?" -> "The answer is X, option L." (the copy from
+  an option's text to its letter, learnt without the image);
+- `qa`: the benchmark question -> <think>{scene facts} The answer is X, option L.</think><answer>L</answer>;
+- the prompt shapes the perturbations use, so that evaluation measures what the model trusts rather
+  than what it has never seen: a correct caption (`caption`, sometimes hedged), its own correct
+  reasoning prefilled (`think`), the stop-think prefill (`stop`), and a hedged wrong reasoning
+  followed by a recovery (`recover`).
+
+The loop is a plain PyTorch loop rather than transformers' Trainer: the curriculum redraws the mix at
+every step, and at 0.1-0.3 s a step the Trainer's per-step machinery would be a large share.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vlmstress.data import synth
+from vlmstress.data.schema import Sample, letters
+from vlmstress.perturb import (
+    CAPTION_HEDGE,
+    STOP_THINK,
+    TEMPLATES,
+    THINK_HEDGE,
+    misleading_letter,
+    render_user,
+)
+from vlmstress.train.config import SFTConfig
+
+TEMPLATE = TEMPLATES["vlmstress"]
+DESCRIBE = "Describe the scene."
+
+
+@dataclass(frozen=True)
+class Example:
+    user: str
+    image: object | None
+    prefill: str
+    target: str
+
+
+def describe_text(facts: dict) -> str:
+    objs = sorted(facts["objects"], key=lambda o: (o["row"], o["col"]))
+    parts = []
+    for o in objs:
+        size = "" if o["size"] == "medium" else f"{o['size']} "
+        parts.append(f"{size}{o['colour']} {o['shape']} at row {o['row'] + 1} col {o['col'] + 1}")
+    return "; ".join(parts) + "."
+
+
+def answer_target(sample: Sample, letter: str) -> str:
+    return f"<think>{synth.think_text(sample, letter)}</think><answer>{letter}</answer>"
+
+
+def make_example(kind: str, sample: Sample, rng: random.Random) -> Example:
+    target_letter = sample.target
+    user = render_user(sample.question, sample.options, TEMPLATE)
+    full = answer_target(sample, target_letter)
+    if kind == "describe":
+        return Example(DESCRIBE, sample.image, "", describe_text(sample.facts))
+    if kind == "lookup":
+        value = sample.option_text(target_letter)
+        q = f"Which option is {value}?"
+        return Example(render_user(q, sample.options, TEMPLATE), None, "",
+                       f"<think>The answer is {value}, option {target_letter}.</think><answer>{target_letter}</answer>")
+    if kind == "qa":
+        return Example(user, sample.image, "", full)
+    if kind == "caption":
+        caption = synth.caption_text(sample, target_letter)
+        if rng.random() < 0.3:
+            caption = caption.rstrip(".") + CAPTION_HEDGE
+        return Example(render_user(sample.question, sample.options, TEMPLATE, caption), sample.image, "", full)
+    if kind == "think":
+        prefill = f"<think>{synth.think_text(sample, target_letter)}</think>"
+        return Example(user, sample.image, prefill, f"<answer>{target_letter}</answer>")
+    if kind == "stop":
+        return Example(user, sample.image, STOP_THINK, f"<answer>{target_letter}</answer>")
+    if kind == "recover":
+        wrong = misleading_letter(sample, rng.randrange(1 << 30))
+        prefill = f"<think>{synth.think_text(sample, wrong)}{THINK_HEDGE}"
+        return Example(user, sample.image, prefill, " " + full[len("<think>"):])
+    raise ValueError(f"unknown example kind {kind!r}")
+
+
+def canonical(sample: Sample) -> Sample:
+    """The sample with its options in one fixed order per family (sorted), for a first phase."""
+    from dataclasses import replace
+
+    opts = sorted(sample.options)
+    target = letters(4)[opts.index(sample.option_text(sample.target))]
+    return replace(sample, options=tuple(opts), target=target)
+
+
+class Batcher:
+    """Turns Examples into model inputs; the loss covers only the assistant's target tokens."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tok = processor.tokenizer
+
+    def prompt(self, ex: Example) -> str:
+        content = ([{"type": "image"}] if ex.image is not None else []) + [{"type": "text", "text": ex.user}]
+        msgs = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + ex.prefill
+
+    def __call__(self, examples: list[Example]) -> dict:
+        texts = [self.prompt(ex) + ex.target + self.tok.eos_token for ex in examples]
+        images = [ex.image for ex in examples if ex.image is not None]
+        self.tok.padding_side = "right"
+        try:
+            enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+        finally:
+            self.tok.padding_side = "left"
+        labels = torch.full_like(enc["input_ids"], -100)
+        lengths = enc["attention_mask"].sum(1).tolist()
+        for i, ex in enumerate(examples):
+            # Targets start at a tag or a space, where byte-level BPE never merges across the boundary,
+            # so the target's own token count marks where it begins.
+            n = len(self.tok(ex.target + self.tok.eos_token, add_special_tokens=False)["input_ids"])
+            labels[i, lengths[i] - n: lengths[i]] = enc["input_ids"][i, lengths[i] - n: lengths[i]]
+        enc["labels"] = labels
+        return dict(enc)
+
+
+def corpus(n: int = 2000, seed: int = 0) -> list[str]:
+    """Text the tokenizer is trained on: every prompt and target shape of the recipe and the suite."""
+    from vlmstress.perturb import VARIANTS, perturb
+
+    texts = [STOP_THINK, DESCRIBE, CAPTION_HEDGE, THINK_HEDGE]
+    rng = random.Random(seed)
+    for s in synth.generate(n, seed=seed, split="train"):
+        for v in VARIANTS:
+            p = perturb(s, v, seed)
+            texts += [p.user, p.prefill]
+        texts += [answer_target(s, s.target), describe_text(s.facts), make_example("lookup", s, rng).user]
+    return texts
+
+
+def param_groups(model, cfg: SFTConfig) -> list[dict]:
+    vision = [p for n, p in model.named_parameters() if ".visual." in f".{n}"]
+    ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr": cfg.lr}, {"params": vision, "lr": cfg.lr * cfg.vision_lr_mult}]
+
+
+def lr_factor(step: int, cfg: SFTConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
+    """Train the tiny model by `cfg`; writes a checkpoint folder (safetensors) to cfg.out."""
+    from vlmstress.models import tiny
+
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny.build_tokenizer(corpus(seed=cfg.seed))
+    processor = tiny.build_processor(tokenizer)
+    model = tiny.new_model(tokenizer, cfg.size, seed=cfg.seed)
+    model.train()
+    pool = synth.generate(cfg.pool, seed=cfg.seed, split="train")
+    batcher = Batcher(processor)
+    groups = param_groups(model, cfg)
+    base_lrs = [g["lr"] for g in groups]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    log(f"tiny model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(tokenizer)} tokens")
+    t0 = time.time()
+    history = []
+    for step in range(cfg.max_steps):
+        frac = step / cfg.max_steps
+        phase = next(p for p in cfg.curriculum if frac < p.until)
+        kinds, weights = zip(*phase.mix.items())
+        examples = []
+        for _ in range(cfg.batch_size):
+            s = pool[rng.randrange(len(pool))]
+            if not phase.shuffle_options:
+                s = canonical(s)
+            examples.append(make_example(rng.choices(kinds, weights)[0], s, rng))
+        batch = batcher(examples)
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * lr_factor(step, cfg)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0:
+            log(f"step {step} loss {loss.item():.3f} {time.time() - t0:.0f}s")
+        if evaluate and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
+            model.eval()
+            acc = evaluate(model, processor)
+            model.train()
+            history.append({"step": step + 1, "seconds": round(time.time() - t0, 1), **acc})
+            log(f"eval step {step + 1}: {acc}")
+    model.eval()
+    tiny.save(model, processor, out)
+    (out / "train_log.json").write_text(json.dumps({"config": cfg.model_dump(), "history": history}, indent=1))
+    return out
