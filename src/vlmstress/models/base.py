@@ -6,7 +6,7 @@ Backends know nothing about datasets, variants or metrics (the lm-evaluation-har
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from vlmstress.perturb import Prompt
@@ -21,7 +21,8 @@ class Generation:
     `letter_probs` is the distribution over the prompt's option letters at the first answer-letter
     token (renormalised over them), `score_source` says whether it came from the generation pass or
     from forced scoring after appending `<answer>`; both None when the backend cannot read logits.
-    `error` is set when this one prompt failed; the others in the batch still count.
+    `error` is set when this one prompt failed; the others in the batch still count. `meta` holds
+    what a backend wants recorded about how it answered (e.g. the openai backend's prefill mode).
     """
 
     text: str
@@ -29,6 +30,7 @@ class Generation:
     score_source: ScoreSource | None = None
     n_tokens: int = 0
     error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -1,0 +1,106 @@
+"""Model and judge SPECs to objects: the one place that knows every backend by name.
+
+Backends are imported only when asked for, so `openai:` and `replay:` runs never load torch models and
+a missing vLLM matters only to `vllm:` SPECs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from vlmstress.errors import UsageError
+from vlmstress.judge.base import Judge
+from vlmstress.models.base import VLM
+
+MODEL_FORMS = "tiny, tiny:DIR, hf:ID_OR_PATH, vllm:ID_OR_PATH, openai:MODEL@BASE_URL, replay:FILE.jsonl"
+_KINDS = ("tiny", "hf", "vllm", "openai", "replay")
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """(kind, target) of a model SPEC; target is None only for the bare `tiny`."""
+    text = spec.strip()
+    if text == "tiny":
+        return "tiny", None
+    kind, sep, target = text.partition(":")
+    target = target.strip()
+    if not sep or kind not in _KINDS or not target:
+        raise UsageError(f"bad model SPEC {redact_spec(spec)!r}: expected one of {MODEL_FORMS}")
+    if kind == "openai":
+        model, at, url = target.partition("@")
+        parts = urlsplit(url.strip())
+        if not at or not model.strip() or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UsageError(
+                f"bad model SPEC {redact_spec(spec)!r}: openai needs MODEL@BASE_URL with an http(s) URL, "
+                f"e.g. openai:gpt-4o@https://api.openai.com/v1 (accepted: {MODEL_FORMS})"
+            )
+    return kind, target
+
+
+def redact_spec(spec: str) -> str:
+    """The SPEC as it may be shown or recorded: an openai base URL loses user info and query."""
+    kind, sep, target = spec.strip().partition(":")
+    if kind != "openai" or "@" not in target:
+        return spec.strip()
+    from vlmstress.models.openai_api import redact_url
+
+    model, _, url = target.partition("@")
+    return f"openai:{model}@{redact_url(url.strip())}"
+
+
+def load_model(spec: str, **options: Any) -> VLM:
+    """The backend a SPEC names; `options` go to its constructor as given."""
+    kind, target = parse_spec(spec)
+    if kind == "tiny":
+        from vlmstress.models.tiny import load_tiny
+
+        return load_tiny(target, **options)
+    if kind == "hf":
+        from vlmstress.models.hf import HFModel
+
+        return HFModel.from_pretrained(target, **options)
+    if kind == "vllm":
+        return _load_vllm(target, **options)
+    if kind == "openai":
+        from vlmstress.models.openai_api import OpenAIChatModel
+
+        model, _, url = target.partition("@")
+        try:
+            return OpenAIChatModel(model.strip(), url.strip(), **options)
+        except (TypeError, ValueError) as exc:  # an unknown or out-of-range option
+            raise UsageError(f"openai model options: {exc}") from None
+    from vlmstress.models.replay import ReplayModel
+
+    if options:
+        raise UsageError(f"replay models take no options (got {', '.join(sorted(options))})")
+    return ReplayModel(target)
+
+
+def _load_vllm(target: str, **options: Any) -> VLM:
+    try:
+        from vlmstress.models.vllm_engine import VLLMModel
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "vllm":
+            raise
+        raise UsageError("vllm: SPECs need vLLM installed: pip install 'vlmstress[vllm]'") from None
+    return VLLMModel(target, **options)
+
+
+def load_judge(spec: str, **model_options: Any) -> Judge:
+    """`rule`, or any model SPEC as an LLM judge (`model_options` go to that model's backend).
+
+    The judge is named by its SPEC without secrets, since the name is written into every record.
+    """
+    if spec.strip() == "rule":
+        from vlmstress.judge.rule import RuleJudge
+
+        return RuleJudge()
+    try:
+        parse_spec(spec)
+    except UsageError:
+        raise UsageError(
+            f"bad judge SPEC {redact_spec(spec)!r}: expected rule or a model SPEC ({MODEL_FORMS})"
+        ) from None
+    from vlmstress.judge.llm import LLMJudge
+
+    return LLMJudge(load_model(spec, **model_options), name=redact_spec(spec))
