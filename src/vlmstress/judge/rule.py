@@ -1,0 +1,141 @@
+"""The `rule` judge: which option does the think argue for, read by text matching alone.
+
+It is the judge that needs no model, so it must be honest about its limits: whenever the think does
+not name one option clearly it says `unknown` rather than guessing.
+
+Order of evidence:
+1. explicit letter statements ("the answer is B", "answer is (B)", "option B", "so B.", "(B)"): the
+   last one in the think wins, since reasoning revises itself and concludes at the end;
+2. otherwise option texts mentioned in the think (whole words, case-insensitive; the longest option
+   text wins where one contains another, "dark red" over "red"): one option mentioned -> that one;
+   several -> the option named right after the last concluding cue ("so the answer is blue", "the
+   answer is blue"); none concluded -> unknown.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import string
+from collections.abc import Sequence
+
+from vlmstress.judge.base import JudgeItem, Verdict
+
+# Conclusions come last; the cap bounds the work on runaway thinks of megabytes.
+_THINK_TAIL_CAP = 50_000
+_WHITESPACE = re.compile(r"\s+")
+
+# re.ASCII: only ASCII capitals are option letters (no Cyrillic or fullwidth lookalikes). Whitespace
+# is squeezed to single spaces first, so the optional-space groups cannot backtrack over long runs.
+_LETTER_STATEMENT = re.compile(
+    r"(?<![A-Za-z])(?i:answer)(?:\s(?:[a-z]+\s){0,4}?(?i:is|would\sbe|should\sbe|must\sbe))?\s?:?\s?"
+    r"(?:(?i:option|choice)\s?)?\(?(?P<answer>[A-Z])(?![A-Za-z0-9])"
+    r"|(?<![A-Za-z])(?i:option|choice)\s?\(?(?P<option>[A-Z])(?![A-Za-z0-9])"
+    # "so B." / "so (B)," only when the letter ends the clause: "So I think" is not option I.
+    r"|(?<![A-Za-z])(?i:so)\s\(?(?P<so>[A-Z])\)?(?=[.,;:!?]|\s?$)"
+    r"|\((?P<paren>[A-Z])\)",
+    re.ASCII,
+)
+_CUE = re.compile(r"(?<!\w)(?:answer|so|therefore|thus|hence|conclude|conclusion|final|finally)(?!\w)", re.I)
+# What may stand between a cue and the option it names directly: "answer is blue", "so: blue".
+_DIRECT = re.compile(r"\s?(?:(?:is|would be|must be|should be)\s?)?:?\s?", re.I)
+# A sentence ends at . ! ? followed by a space or the end, or at a line break.
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def _squeeze(text: str) -> str:
+    return _WHITESPACE.sub(lambda m: "\n" if "\n" in m.group() else " ", text)
+
+
+def _last_letter_statement(think: str, letters: str) -> str | None:
+    last = None
+    for m in _LETTER_STATEMENT.finditer(think):
+        letter = next(g for g in m.groups() if g is not None)
+        if letter in letters:  # "option E" with four options names no option
+            last = letter
+    return last
+
+
+def _mentions(think: str, options: Sequence[str]) -> list[tuple[int, frozenset[str]]]:
+    """(start, letters) of every option text mentioned in the think, left to right. Options with the
+    same text share one entry with several letters (then a mention cannot tell them apart)."""
+    letters_by_text: dict[str, set[str]] = {}
+    for letter, text in zip(string.ascii_uppercase[: len(options)], options, strict=True):
+        key = " ".join(text.lower().split())
+        # A one-letter option text ("A", as when the options are only letters) would match every
+        # article "a" and pronoun "I"; letter statements already cover such options.
+        if key and not (len(key) == 1 and key.isascii() and key.isalpha()):
+            letters_by_text.setdefault(key, set()).add(letter)
+    if not letters_by_text:
+        return []
+    # Longest first: at one position the alternation takes the first alternative that matches, and
+    # finditer then skips past it, so "red" inside a mentioned "dark red" is not a mention of "red".
+    keys = sorted(letters_by_text, key=len, reverse=True)
+    alternatives = "|".join("(" + r"\s+".join(re.escape(w) for w in k.split()) + ")" for k in keys)
+    pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+    return [(m.start(), frozenset(letters_by_text[keys[m.lastindex - 1]])) for m in pattern.finditer(think)]
+
+
+def _concluded_mention(think: str, mentions: list[tuple[int, frozenset[str]]]) -> frozenset[str] | None:
+    """Letters of the option a concluding sentence names: take the last cue that has option mentions
+    after it in its own sentence; one option there wins, and of several the first wins only when it
+    follows the cue directly ("the answer is blue, not red"), else it cannot be told ("so it is red
+    or blue")."""
+    cue_ends = [m.end() for m in _CUE.finditer(think)]
+    # Sorted positions and bisection, not a search per mention: a think of thousands of mentions
+    # would otherwise rescan the same text once for each.
+    sentence_ends = [m.start() for m in _SENTENCE_END.finditer(think)]
+    by_cue: dict[int, list[tuple[int, frozenset[str]]]] = {}
+    for start, letters in mentions:
+        i = bisect.bisect_right(cue_ends, start) - 1
+        if i < 0:
+            continue
+        j = bisect.bisect_left(sentence_ends, cue_ends[i])
+        if j == len(sentence_ends) or sentence_ends[j] >= start:  # the cue is in the mention's sentence
+            by_cue.setdefault(cue_ends[i], []).append((start, letters))
+    if not by_cue:
+        return None
+    cue_end = max(by_cue)
+    concluded = by_cue[cue_end]
+    first_start, first = concluded[0]
+    if len({letters for _, letters in concluded}) == 1 or _DIRECT.fullmatch(think, cue_end, first_start):
+        return first
+    return None
+
+
+def supported_letter(think: str | None, options: Sequence[str]) -> str | None:
+    """The option letter the think argues for, or None when it argues for none or it cannot be told."""
+    if not think or not think.strip():
+        return None
+    options = tuple(options)[: len(string.ascii_uppercase)]
+    letters = string.ascii_uppercase[: len(options)]
+    text = _squeeze(think[-_THINK_TAIL_CAP:])
+
+    stated = _last_letter_statement(text, letters)
+    if stated is not None:
+        return stated
+
+    mentions = _mentions(text, options)
+    distinct = {letters_ for _, letters_ in mentions}
+    chosen = next(iter(distinct)) if len(distinct) == 1 else _concluded_mention(text, mentions)
+    if chosen is None or len(chosen) != 1:
+        return None
+    return next(iter(chosen))
+
+
+class RuleJudge:
+    """Judge by text matching; `unknown` whenever it cannot tell, `error` only if something breaks."""
+
+    name = "rule"
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        return [self._one(item) for item in items]
+
+    def _one(self, item: JudgeItem) -> Verdict:
+        try:
+            supports = supported_letter(item.think, item.options)
+        except Exception:  # noqa: BLE001 - one bad item must not sink the batch; never say consistent
+            return Verdict("error", None, self.name)
+        if supports is None or item.answer is None:
+            return Verdict("unknown", supports, self.name)
+        return Verdict("consistent" if supports == item.answer else "inconsistent", supports, self.name)

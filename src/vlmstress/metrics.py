@@ -1,0 +1,301 @@
+"""Metrics over records: pure functions from records.jsonl rows to the metrics.json object.
+
+Every definition follows design.md "Definitions". Two rules shape the code: records with an `error`
+enter only the `errors` count, and a metric that cannot be computed is None (JSON null), never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import entropy as _scipy_entropy
+from sklearn.metrics import roc_auc_score
+
+from vlmstress.judge.agreement import fleiss_kappa, verdict_counts
+
+Record = Mapping[str, Any]
+
+BOOTSTRAP_RESAMPLES = 2000
+ECE_BINS = 10
+QUADRANTS = ("consistent_correct", "consistent_incorrect", "inconsistent_correct", "inconsistent_incorrect")
+
+
+# ---------------------------------------------------------------- letter distributions
+
+
+def _normalised(probs: Mapping[str, float]) -> dict[str, float]:
+    """The distribution renormalised to sum 1 (backends already do; replayed files may be off by
+    rounding). Raises ValueError on an empty, negative or all-zero distribution."""
+    values = [float(p) for p in probs.values()]
+    total = sum(values)
+    if not values or any(not math.isfinite(p) or p < 0 for p in values) or total <= 0:
+        raise ValueError(f"not a probability distribution: {dict(probs)}")
+    return {k: float(p) / total for k, p in probs.items()}
+
+
+def letter_entropy(probs: Mapping[str, float]) -> float:
+    """H = -sum p ln p over the option letters, in nats (0 ln 0 = 0)."""
+    return float(_scipy_entropy(list(_normalised(probs).values())))
+
+
+def p_correct(probs: Mapping[str, float] | None, target: str | None) -> float | None:
+    """Probability of the right letter; None without a distribution or a target (open-ended)."""
+    if not probs or target is None:
+        return None
+    return _normalised(probs).get(target, 0.0)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _is_error(record: Record) -> bool:
+    return record.get("error") is not None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def _bootstrap_ci(hits: Sequence[bool], seed: int) -> list[float] | None:
+    """95% percentile bootstrap interval of the accuracy; None below two records.
+
+    Hand-written because it is exact and O(resamples): the mean of n draws with replacement from 0/1
+    data is Binomial(n, accuracy) / n, so drawing that directly is the same bootstrap distribution as
+    resampling records, without an n x resamples index matrix (scipy.stats.bootstrap also rejects a
+    single record and has renamed its seed argument across the versions we support).
+    """
+    n = len(hits)
+    if n < 2:
+        return None
+    accuracy = float(np.mean(hits))
+    means = np.random.default_rng(seed).binomial(n, accuracy, size=BOOTSTRAP_RESAMPLES) / n
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _quadrant(record: Record) -> str:
+    verdict = (record.get("judge") or {}).get("verdict")
+    if verdict not in ("consistent", "inconsistent"):
+        return "unknown"  # unknown, error, or no judge at all
+    return f"{verdict}_{'correct' if record.get('correct') else 'incorrect'}"
+
+
+def _quadrants(records: Sequence[Record]) -> dict[str, float | None]:
+    names = (*QUADRANTS, "unknown")
+    if not records:
+        return dict.fromkeys(names)
+    counts = dict.fromkeys(names, 0)
+    for r in records:
+        counts[_quadrant(r)] += 1
+    return {k: v / len(records) for k, v in counts.items()}
+
+
+def _auroc(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
+    """AUROC with ties counted 1/2 (roc_auc_score's trapezoids do exactly that); None on one class."""
+    if len(set(labels)) < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def _ece(scored: Sequence[tuple[dict[str, float], str]]) -> float | None:
+    """Expected calibration error, 10 equal-width bins [0, .1), [.1, .2), ..., [.9, 1]."""
+    if not scored:
+        return None
+    bins: list[list[tuple[float, bool]]] = [[] for _ in range(ECE_BINS)]
+    for probs, target in scored:
+        # Ties go to the first letter alphabetically, so the result does not depend on dict order.
+        top = max(sorted(probs), key=probs.__getitem__)
+        confidence = probs[top]
+        bins[min(int(confidence * ECE_BINS), ECE_BINS - 1)].append((confidence, top == target))
+    total = len(scored)
+    return float(
+        sum(
+            len(b) / total * abs(np.mean([hit for _, hit in b]) - np.mean([c for c, _ in b]))
+            for b in bins
+            if b
+        )
+    )
+
+
+def _brier(scored: Sequence[tuple[dict[str, float], str]]) -> float | None:
+    if not scored:
+        return None
+    return _mean(
+        [
+            sum((probs.get(ltr, 0.0) - (ltr == target)) ** 2 for ltr in {*probs, target})
+            for probs, target in scored
+        ]
+    )
+
+
+# ---------------------------------------------------------------- per variant
+
+
+def variant_metrics(
+    records_of_variant: Sequence[Record],
+    base_records_by_id: Mapping[str, Record] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every field of one metrics.json variant object (design.md), from that variant's records.
+
+    `base_records_by_id` maps sample_id to the base variant's record; without it (or on the base
+    variant itself) flip_rate and the AUROCs are None. `seed` makes the bootstrap CI reproducible.
+    """
+    ok = [r for r in records_of_variant if not _is_error(r)]
+    n = len(ok)
+    hits = [bool(r.get("correct")) for r in ok]
+    quadrants = _quadrants(ok)
+
+    with_probs = [r for r in ok if r.get("letter_probs")]
+    scored = [
+        (_normalised(r["letter_probs"]), r["target"]) for r in with_probs if r.get("target") is not None
+    ]
+    misleading = [r for r in ok if r.get("misleading") is not None]
+
+    is_base = any(r.get("variant") == "base" for r in records_of_variant)
+    pairs: list[tuple[Record, Record]] = []
+    if base_records_by_id is not None and not is_base:
+        for r in ok:
+            b = base_records_by_id.get(r.get("sample_id"))
+            if b is not None and not _is_error(b):
+                pairs.append((b, r))
+    # Robustness prediction needs the base distribution and a target to score P(correct) against.
+    scorable = [(b, r) for b, r in pairs if b.get("letter_probs") and b.get("target") is not None]
+    survived = [bool(r.get("correct")) for _, r in scorable]
+
+    return {
+        "n": n,
+        "accuracy": _mean(hits),
+        "accuracy_ci": _bootstrap_ci(hits, seed),
+        "unparsed_rate": _mean([not r.get("parsed") for r in ok]),
+        "errors": len(records_of_variant) - n,
+        "quadrants": quadrants,
+        "consistency_adjusted_accuracy": quadrants["consistent_correct"],
+        "mean_entropy": _mean([letter_entropy(r["letter_probs"]) for r in with_probs]),
+        "mean_p_correct": _mean([probs.get(target, 0.0) for probs, target in scored]),
+        # Over all n records (design.md: shares are over n), but null where no record has a letter.
+        "followed_misleading": (
+            _mean([r.get("answer") == r.get("misleading") for r in ok]) if misleading else None
+        ),
+        "flip_rate": (
+            _mean([bool(b.get("correct")) and not r.get("correct") for b, r in pairs]) if pairs else None
+        ),
+        "auroc_p_base": _auroc(survived, [p_correct(b["letter_probs"], b["target"]) for b, _ in scorable]),
+        "auroc_neg_entropy": _auroc(survived, [-letter_entropy(b["letter_probs"]) for b, _ in scorable]),
+        "ece": _ece(scored),
+        "brier": _brier(scored),
+    }
+
+
+# ---------------------------------------------------------------- whole run
+
+
+def _group_by_variant(records: Iterable[Record]) -> dict[str, list[Record]]:
+    grouped: dict[str, list[Record]] = {}  # dicts keep first-seen order
+    for r in records:
+        grouped.setdefault(r["variant"], []).append(r)
+    return grouped
+
+
+def _judge_agreement(records: Sequence[Record]) -> tuple[dict[str, dict[str, int]], float | None]:
+    """Verdict tallies per judge name and Fleiss' kappa over the records every judge rated."""
+    rated = [r for r in records if not _is_error(r) and r.get("judges")]
+    names: list[str] = []
+    for r in rated:
+        for v in r["judges"]:
+            if v["by"] not in names:
+                names.append(v["by"])
+    by_name = [{v["by"]: v["verdict"] for v in r["judges"]} for r in rated]
+    counts = {name: verdict_counts([vs[name] for vs in by_name if name in vs]) for name in names}
+    complete = [vs for vs in by_name if all(name in vs for name in names)]
+    kappa = fleiss_kappa([[vs[name] for vs in complete] for name in names])
+    return counts, kappa
+
+
+def compute_metrics(
+    records: Iterable[Record], *, model: str, data: str, n_samples: int, seed: int = 0
+) -> dict[str, Any]:
+    """The whole metrics.json object, variants in first-seen order.
+
+    When any record carries `judges` (several judges ran), adds `judges` (verdict counts per judge,
+    over records without error) and `judge_agreement` ({"fleiss_kappa": ...}).
+    """
+    records = list(records)
+    grouped = _group_by_variant(records)
+    base = {r["sample_id"]: r for r in grouped.get("base", []) if not _is_error(r)}
+    metrics: dict[str, Any] = {
+        "model": model,
+        "data": data,
+        "n_samples": n_samples,
+        "variants": {
+            name: variant_metrics(rs, None if name == "base" else base, seed) for name, rs in grouped.items()
+        },
+    }
+    if any(r.get("judges") for r in records):
+        counts, kappa = _judge_agreement(records)
+        metrics["judges"] = counts
+        metrics["judge_agreement"] = {"fleiss_kappa": kappa}
+    return metrics
+
+
+# ---------------------------------------------------------------- summary.md
+
+_DASH = "\u2013"
+
+
+def _pct(x: float | None) -> str:
+    return _DASH if x is None else f"{100 * x:.1f}"
+
+
+def _accuracy_cell(v: Mapping[str, Any]) -> str:
+    ci = v.get("accuracy_ci")
+    if v.get("accuracy") is None or ci is None:
+        return _pct(v.get("accuracy"))
+    return f"{_pct(v['accuracy'])} [{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
+def summary_markdown(metrics: Mapping[str, Any]) -> str:
+    """The table a person reads first: one row per variant, shares in percent with one decimal,
+    the drop against base in points, entropy in nats, "–" where a metric is null."""
+    variants: Mapping[str, Mapping[str, Any]] = metrics.get("variants", {})
+    base_acc = variants.get("base", {}).get("accuracy")
+    header = (
+        "| variant | n | accuracy % [95% CI] | Δ vs base (pts) | consistency-adj. acc % | unparsed % "
+        "| mean entropy (nats) | mean P(correct) % | followed misleading % | flip rate % | AUROC P_base % |"
+    )
+    lines = [
+        f"# {metrics.get('model', '?')} on {metrics.get('data', '?')}",
+        "",
+        header,
+        "|" + "---|" * header.count(" | ") + "---|",
+    ]
+    for name, v in variants.items():
+        acc = v.get("accuracy")
+        drop = (
+            _DASH if name == "base" or acc is None or base_acc is None else f"{100 * (acc - base_acc):+.1f}"
+        )
+        entropy = _DASH if v.get("mean_entropy") is None else f"{v['mean_entropy']:.3f}"
+        n_errors = v.get("errors") or 0
+        errors = f" ({n_errors} error{'s' if n_errors > 1 else ''})" if n_errors else ""
+        cells = [
+            name,
+            f"{v.get('n', 0)}{errors}",
+            _accuracy_cell(v),
+            drop,
+            _pct(v.get("consistency_adjusted_accuracy")),
+            _pct(v.get("unparsed_rate")),
+            entropy,
+            _pct(v.get("mean_p_correct")),
+            _pct(v.get("followed_misleading")),
+            _pct(v.get("flip_rate")),
+            _pct(v.get("auroc_p_base")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    kappa = metrics.get("judge_agreement", {}).get("fleiss_kappa", None)
+    if "judge_agreement" in metrics:
+        shown = _DASH if kappa is None else f"{kappa:.3f}"
+        lines += ["", f"Judge agreement (Fleiss' kappa, {len(metrics.get('judges', {}))} judges): {shown}"]
+    return "\n".join(lines) + "\n"

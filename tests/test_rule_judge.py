@@ -1,0 +1,129 @@
+"""RuleJudge: which option the think supports, and the verdict against the parsed answer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from vlmstress.judge.base import Judge, JudgeItem, Verdict
+from vlmstress.judge.rule import RuleJudge, supported_letter
+
+OPTIONS = ("red", "blue", "dark red", "yellow")
+
+
+@pytest.mark.parametrize(
+    "think, expected",
+    [
+        # explicit letter statements; the last one wins
+        ("So the answer is B.", "B"),
+        ("the answer is (C)", "C"),
+        ("Answer: D", "D"),
+        ("I would pick option A here.", "A"),
+        ("Hmm, so B.", "B"),
+        ("It must be (D), clearly.", "D"),
+        ("The answer is B. Hmm, actually option C.", "C"),
+        ("Option A looks right at first, but the answer is D.", "D"),
+        ("the answer to this question is B", "B"),
+        # the generic wrong reasoning perturb.think_text writes: the letter statement settles it
+        ("Looking at the image, the answer to this question is yellow. So the answer is D.", "D"),
+        ("Looking at the image, the answer to this question is yellow. So the answer is D. but I think", "D"),
+        (
+            "Looking at the image, the answer to this question is yellow. So the answer is D. but I think "
+            "the answer is A.",
+            "A",
+        ),  # fmt: skip
+        # letters outside the options, lookalikes and pronouns are not statements
+        ("option E, which is not offered", None),
+        ("So the answer is \u0412.", None),
+        ("So I think it is hard to say.", None),
+        # option texts: one mentioned
+        ("The ball is blue.", "B"),
+        ("It is BLUE, no doubt.", "B"),
+        ("It is dark red.", "C"),  # longest option text wins over the "red" inside it
+        ("The object is reddish.", None),  # whole words only
+        # several mentioned: the concluding sentence decides
+        ("Red or blue? So the answer is blue, not red.", "B"),
+        ("It is not red, so the answer is blue", "B"),
+        ("Blue is tempting. The answer is yellow. Red is out.", "D"),
+        ("Red and blue are both there.", None),  # no conclusion
+        ("So I think it is red and blue.", None),  # a conclusion naming two options
+        # nothing to read
+        ("I cannot see the image.", None),
+        ("", None),
+        ("   \n ", None),
+        (None, None),
+    ],
+)
+def test_supported_letter(think: str | None, expected: str | None) -> None:
+    assert supported_letter(think, OPTIONS) == expected
+
+
+def test_duplicate_option_texts_cannot_be_told_apart() -> None:
+    assert supported_letter("It is red.", ("red", "blue", "Red")) is None
+
+
+def test_one_letter_option_texts_are_not_matched_as_words() -> None:
+    letters_only = ("A", "B", "C", "D")
+    assert supported_letter("There is a ball and I see it.", letters_only) is None
+    assert supported_letter("There is a ball. So the answer is C.", letters_only) == "C"
+
+
+def test_abstain_option_text_is_an_option_like_any_other() -> None:
+    assert supported_letter("I'm not sure about this one.", ("red", "blue", "I'm not sure")) == "C"
+
+
+def _item(think: str | None, answer: str | None) -> JudgeItem:
+    return JudgeItem(question="What colour is the ball?", options=OPTIONS, think=think, answer=answer)
+
+
+def test_verdicts() -> None:
+    judge = RuleJudge()
+    items = [
+        _item("So the answer is D.", "D"),
+        _item("So the answer is D.", "A"),
+        _item("So the answer is D.", None),  # unparsed answer
+        _item(None, "A"),  # no think
+        _item("", "A"),
+        _item("I cannot tell.", "A"),  # supports unknown
+        _item("The ball is blue.", "B"),
+    ]
+    assert judge.judge(items) == [
+        Verdict("consistent", "D", "rule"),
+        Verdict("inconsistent", "D", "rule"),
+        Verdict("unknown", "D", "rule"),
+        Verdict("unknown", None, "rule"),
+        Verdict("unknown", None, "rule"),
+        Verdict("unknown", None, "rule"),
+        Verdict("consistent", "B", "rule"),
+    ]
+    assert judge.judge([]) == []
+
+
+def test_satisfies_the_judge_protocol() -> None:
+    judge: Judge = RuleJudge()
+    assert judge.name == "rule"
+
+
+def test_a_failing_item_is_an_error_not_a_crash() -> None:
+    class Exploding(str):
+        def __getitem__(self, key):  # the judge slices the think; make that fail
+            raise RuntimeError("boom")
+
+    verdicts = RuleJudge().judge([_item(Exploding("So the answer is D."), "D"), _item("So B.", "B")])
+    assert verdicts == [Verdict("error", None, "rule"), Verdict("consistent", "B", "rule")]
+
+
+def test_huge_thinks_are_fast() -> None:
+    thinks = [
+        "so " + "red blue " * 500_000,
+        "answer is " * 500_000,
+        "( " * 1_000_000,
+        ("so red. blue and " + " " * 100) * 20_000,
+        "answer" + " " * 2_000_000 + "is B",
+        "red. so blue" * 100_000,
+    ]
+    start = time.perf_counter()
+    for think in thinks:
+        supported_letter(think, OPTIONS)
+    assert time.perf_counter() - start < 3.0
