@@ -69,7 +69,9 @@ def render_user(
     if caption is not None:
         lines.append(template.caption_format.format(caption=caption))
     lines.append(question.strip())
-    lines += [template.option_format.format(letter=ltr, text=t) for ltr, t in zip(letters(len(options)), options)]
+    lines += [
+        template.option_format.format(letter=ltr, text=t) for ltr, t in zip(letters(len(options)), options)
+    ]
     if template.instruction:
         lines.append(template.instruction)
     return "\n".join(lines)
@@ -122,8 +124,16 @@ def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
     return add
 
 
-def _prompt(sample: Sample, variant: str, template: Template, *, caption: str | None = None,
-            prefill: str = "", misleading: str | None = None, options: tuple[str, ...] | None = None) -> Prompt:
+def _prompt(
+    sample: Sample,
+    variant: str,
+    template: Template,
+    *,
+    caption: str | None = None,
+    prefill: str = "",
+    misleading: str | None = None,
+    options: tuple[str, ...] | None = None,
+) -> Prompt:
     options = sample.options if options is None else options
     return Prompt(
         sample_id=sample.sample_id,
@@ -156,16 +166,22 @@ def stop_think(sample: Sample, misleading: str | None, template: Template) -> Pr
 @register_variant("wrong_think")
 def wrong_think(sample: Sample, misleading: str | None, template: Template) -> Prompt:
     ltr = _need(misleading, "wrong_think")
-    return _prompt(sample, "wrong_think", template, misleading=ltr,
-                   prefill=f"<think>{think_text(sample, ltr)}</think>")
+    return _prompt(
+        sample, "wrong_think", template, misleading=ltr, prefill=f"<think>{think_text(sample, ltr)}</think>"
+    )
 
 
 @register_variant("wrong_think_hedge")
 def wrong_think_hedge(sample: Sample, misleading: str | None, template: Template) -> Prompt:
     # Our reading of the paper: the think block is left open after the hedge, so the model may recover.
     ltr = _need(misleading, "wrong_think_hedge")
-    return _prompt(sample, "wrong_think_hedge", template, misleading=ltr,
-                   prefill=f"<think>{think_text(sample, ltr)}{THINK_HEDGE}")
+    return _prompt(
+        sample,
+        "wrong_think_hedge",
+        template,
+        misleading=ltr,
+        prefill=f"<think>{think_text(sample, ltr)}{THINK_HEDGE}",
+    )
 
 
 @register_variant("wrong_caption")
@@ -207,7 +223,9 @@ def resolve_variants(spec: str) -> list[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
-        raise UsageError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(VARIANTS)}")
+        raise UsageError(
+            f"unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(VARIANTS)}"
+        )
     return list(dict.fromkeys(names))
 
 

@@ -58,7 +58,13 @@ class Obj:
     col: int
 
     def to_json(self) -> dict:
-        return {"shape": self.shape, "colour": self.colour, "size": self.size, "row": self.row, "col": self.col}
+        return {
+            "shape": self.shape,
+            "colour": self.colour,
+            "size": self.size,
+            "row": self.row,
+            "col": self.col,
+        }
 
 
 def _cells(rng: random.Random, k: int) -> list[tuple[int, int]]:
@@ -255,7 +261,14 @@ def write(samples: list[Sample], out: str | Path) -> Path:
         for s in samples:
             name = f"images/{s.sample_id}.png"
             s.image.save(out / name)
-            row = {"id": s.sample_id, "question": s.question, "options": list(s.options),
-                   "answer": s.target, "image": name, "family": s.family, "facts": s.facts}
+            row = {
+                "id": s.sample_id,
+                "question": s.question,
+                "options": list(s.options),
+                "answer": s.target,
+                "image": name,
+                "family": s.family,
+                "facts": s.facts,
+            }
             f.write(json.dumps(row) + "\n")
     return path

@@ -21,8 +21,13 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 # Added as ordinary (non-special) tokens so that decoding keeps them in the completion text.
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
@@ -44,7 +49,9 @@ CHAT_TEMPLATE = (
 
 SIZES = {
     # text hidden, layers, heads, kv heads, mlp; vision hidden, depth, heads, mlp
-    "default": dict(hidden=128, layers=4, heads=4, kv=2, mlp=512, v_hidden=64, v_depth=2, v_heads=4, v_mlp=256),
+    "default": dict(
+        hidden=128, layers=4, heads=4, kv=2, mlp=512, v_hidden=64, v_depth=2, v_heads=4, v_mlp=256
+    ),
     "test": dict(hidden=32, layers=2, heads=2, kv=1, mlp=64, v_hidden=16, v_depth=1, v_heads=2, v_mlp=32),
 }
 
@@ -75,10 +82,14 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
 
     words = "|".join(sorted(VALUE_WORDS, key=len, reverse=True))
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(rf"\n[A-Z]\. |\n|\b[A-Z]\b|[0-9]|[.,?:;()]|\b(?:{words})\b"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(rf"\n[A-Z]\. |\n|\b[A-Z]\b|[0-9]|[.,?:;()]|\b(?:{words})\b"), behavior="isolated"
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -99,15 +110,22 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
 def image_processor() -> Qwen2VLImageProcessorPil:
     # 64x64 images stay 64x64: patch 8, merged 2x2 -> 16 image tokens per image.
     return Qwen2VLImageProcessorPil(
-        patch_size=8, merge_size=2, temporal_patch_size=2,
-        min_pixels=32 * 32, max_pixels=64 * 64,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        patch_size=8,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=32 * 32,
+        max_pixels=64 * 64,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
     )
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast) -> PilQwenProcessor:
     return PilQwenProcessor(
-        image_processor=image_processor(), tokenizer=tokenizer, video_processor=None, chat_template=CHAT_TEMPLATE
+        image_processor=image_processor(),
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=CHAT_TEMPLATE,
     )
 
 
@@ -120,20 +138,36 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, size: str = "default") -> Qw
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     return Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=s["hidden"], intermediate_size=s["mlp"],
-            num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv"],
+            vocab_size=len(tokenizer),
+            hidden_size=s["hidden"],
+            intermediate_size=s["mlp"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            num_key_value_heads=s["kv"],
             max_position_embeddings=1024,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
-            bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"),
+            bos_token_id=None,
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids("<|endoftext|>"),
             tie_word_embeddings=True,
         ),
         vision_config=dict(
-            depth=s["v_depth"], hidden_size=s["v_hidden"], intermediate_size=s["v_mlp"], num_heads=s["v_heads"],
-            in_channels=3, patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=64,
-            out_hidden_size=s["hidden"], fullatt_block_indexes=list(range(s["v_depth"])),
+            depth=s["v_depth"],
+            hidden_size=s["v_hidden"],
+            intermediate_size=s["v_mlp"],
+            num_heads=s["v_heads"],
+            in_channels=3,
+            patch_size=8,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=64,
+            out_hidden_size=s["hidden"],
+            fullatt_block_indexes=list(range(s["v_depth"])),
         ),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=True,
     )
 
@@ -152,7 +186,9 @@ def load_processor(path: str | Path) -> PilQwenProcessor:
         tokenizer.chat_template = CHAT_TEMPLATE
     return PilQwenProcessor(
         image_processor=Qwen2VLImageProcessorPil.from_pretrained(str(path)),
-        tokenizer=tokenizer, video_processor=None, chat_template=tokenizer.chat_template,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=tokenizer.chat_template,
     )
 
 

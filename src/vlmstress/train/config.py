@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlmstress.errors import UsageError
 
@@ -31,6 +32,8 @@ class SFTConfig(Strict):
     lr: float = 2e-3
     min_lr: float = 2e-4
     vision_lr_mult: float = 3.0
+    vision_pretrain_steps: int = 0
+    vision_pretrain_lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     pool: int = 20000
@@ -57,3 +60,103 @@ def load_config(path: str | Path, cls: type[BaseModel], **overrides) -> BaseMode
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise UsageError(f"config {path}: {where}: {err['msg']}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# GRPO (named GRPORunConfig so as not to clash with trl.GRPOConfig, which it is turned into)
+
+
+class DataSource(Strict):
+    """One training source: `synth` (train split), `sat` or `pixmo-count` (see train/data.py)."""
+
+    source: Literal["synth", "sat", "pixmo-count"]
+    n: int | None = Field(default=None, gt=0)  # the first n rows; None: all (synth: 2000)
+    split: str | None = None  # default: synth train, sat static, pixmo-count train
+    data_dir: str | None = None  # a local copy laid out as the hub repository; else the hub
+    hub_id: str | None = None  # default: array/SAT, allenai/pixmo-count
+    download_images: bool = False  # pixmo-count: fetch image URLs not found locally
+
+
+class RewardTerm(Strict):
+    """weight x fn, optionally gated by the judge: faithful(fn) = fn x 1[judge says consistent]."""
+
+    fn: Literal["format", "accuracy"]
+    weight: float
+    faithful: bool = False
+
+
+class AugmentRates(Strict):
+    """Probability that a training prompt becomes each perturbation (the rest stay base)."""
+
+    correct_think: float = Field(default=0.1, ge=0, le=1)
+    wrong_think: float = Field(default=0.1, ge=0, le=1)
+    correct_caption: float = Field(default=0.1, ge=0, le=1)
+    wrong_caption: float = Field(default=0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> AugmentRates:
+        if sum(self.model_dump().values()) > 1 + 1e-9:
+            raise ValueError("augmentation rates must sum to at most 1")
+        return self
+
+
+class DynamicsSettings(Strict):
+    """The policy's evaluation during training (train/dynamics.py)."""
+
+    eval_every: int = Field(default=250, gt=0)
+    n: int = Field(default=100, gt=0)  # held-out synth samples (split "val")
+    variants: list[str] = Field(default_factory=lambda: ["base", "stop_think", "wrong_think", "wrong_caption"])
+    judges: list[str] = Field(default_factory=lambda: ["rule"])
+    batch_size: int = Field(default=16, gt=0)
+    max_new_tokens: int = Field(default=96, gt=0)
+    at_start: bool = True  # also evaluate the initial policy (step 0)
+
+
+class GRPORunConfig(Strict):
+    """`vlmstress train grpo --config FILE.yaml`: what to train, on what, rewarded how.
+
+    The TRL settings below are GRPOConfig's own names; `trl` passes any other GRPOConfig field
+    through (checked against GRPOConfig when the trainer is built).
+    """
+
+    kind: Literal["grpo"] = "grpo"
+    init: str = "tiny"  # model SPEC: tiny | tiny:DIR | hf:ID_OR_PATH
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    seed: int = 0  # training randomness: sampling, data order, which prompts are augmented
+    seeds: list[int] | None = None  # a sweep: one run per seed under out/seed-S
+    data_seed: int = 0  # the data itself (synth pool, option order, held-out set): shared by a sweep
+    out: str = "runs/grpo-tiny"
+    resume: bool = True  # continue from the last checkpoint in out, if any
+    torch_threads: int | None = Field(default=None, gt=0)
+    template: str = "vlmstress"
+    data: list[DataSource] = Field(default_factory=lambda: [DataSource(source="synth", n=2000)], min_length=1)
+    rewards: list[RewardTerm] = Field(
+        default_factory=lambda: [RewardTerm(fn="format", weight=0.1), RewardTerm(fn="accuracy", weight=1.0)],
+        min_length=1,
+    )
+    judge: str = "rule"  # the judge of faithful reward terms: rule or a model SPEC
+    augment: AugmentRates = Field(default_factory=AugmentRates)
+    dynamics: DynamicsSettings = Field(default_factory=DynamicsSettings)
+
+    # trl.GRPOConfig settings (TRL counts per_device_train_batch_size in completions, not prompts)
+    max_steps: int = Field(default=1000, gt=0)
+    num_generations: int = Field(default=8, ge=2)
+    per_device_train_batch_size: int = Field(default=8, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=1e-6, gt=0)
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    beta: float = Field(default=0.0, ge=0)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = "grpo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    epsilon: float = Field(default=0.2, gt=0)
+    max_completion_length: int = Field(default=128, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    save_steps: int = Field(default=250, gt=0)
+    save_total_limit: int | None = Field(default=2, gt=0)
+    logging_steps: int = Field(default=10, gt=0)
+    trl: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,190 @@
+"""The `vlmstress` command line. Bad usage is one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from vlmstress.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; we want one clear line
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vlmstress", description="Stress-test the reasoning of vision-language models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="the whole study on the embedded default (tiny model, synth)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n", type=_positive, default=200, help="synth test samples")
+
+    e = sub.add_parser("eval", help="evaluate a model under the perturbation suite")
+    e.add_argument(
+        "--model", required=True, help="tiny | tiny:DIR | hf:ID | vllm:ID | openai:MODEL@URL | replay:FILE"
+    )
+    e.add_argument("--data", required=True, help="synth[:N] | a benchmark name | a local file")
+    e.add_argument("--variants", default="all")
+    e.add_argument("--judge", nargs="+", default=["rule"], help="rule and/or model SPECs")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--limit", type=_positive, default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=_positive, default=16)
+    e.add_argument("--max-new-tokens", type=_positive, default=96)
+    e.add_argument(
+        "--template", default="vlmstress", help="prompt template: vlmstress, mmbench, mme-realworld"
+    )
+    e.add_argument("--out", default=None, help="run directory (default runs/<model>-<data>)")
+
+    t = sub.add_parser("train", help="SFT or GRPO training")
+    t.add_argument("kind", choices=["sft", "grpo"])
+    t.add_argument("--config", required=True)
+    t.add_argument("--max-steps", type=_positive, default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--out", default=None)
+
+    r = sub.add_parser("report", help="tables, plots and an HTML report of one or more runs")
+    r.add_argument("dirs", nargs="+")
+    r.add_argument("--html", default=None)
+
+    s = sub.add_parser("data", help="write a dataset to disk")
+    s.add_argument("what", choices=["synth"])
+    s.add_argument("--n", type=_positive, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--split", choices=["train", "test", "val"], default="test")
+    s.add_argument("--out", required=True)
+    return p
+
+
+def cmd_eval(args) -> int:
+    from vlmstress.data.loading import load_data
+    from vlmstress.models.registry import load_judge, load_model, redact_spec
+    from vlmstress.perturb import TEMPLATES, resolve_variants
+    from vlmstress.runner import RunSpec, run_eval
+
+    variants = resolve_variants(args.variants)
+    if args.template not in TEMPLATES:
+        raise UsageError(f"unknown template {args.template!r}; known: {', '.join(TEMPLATES)}")
+    model_name = redact_spec(args.model)
+    out = Path(args.out or f"runs/{_slug(model_name)}-{_slug(args.data)}")
+    samples, data_name = load_data(args.data, data_dir=args.data_dir, limit=args.limit, seed=args.seed)
+    # API backends cache every request under the run, so a rerun (or resume) sends nothing twice.
+    judges = [load_judge(j, **_api_options(j, out)) for j in args.judge]
+    model = load_model(args.model, **_api_options(args.model, out))
+    spec = RunSpec(
+        model=model_name,
+        data=data_name,
+        variants=variants,
+        judges=[redact_spec(j) for j in args.judge],
+        seed=args.seed,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        template=args.template,
+        data_dir=args.data_dir,
+    )
+    metrics = run_eval(model, samples, spec, out, judges=judges)
+    _print_summary(out, metrics)
+    return 0
+
+
+def _api_options(spec: str, out: Path) -> dict:
+    return {"cache_dir": str(out / "cache")} if spec.startswith("openai:") else {}
+
+
+def cmd_demo(args) -> int:
+    from vlmstress.data import synth
+    from vlmstress.judge.rule import RuleJudge
+    from vlmstress.models.tiny import load_tiny
+    from vlmstress.perturb import resolve_variants
+    from vlmstress.runner import RunSpec, run_eval
+
+    samples = synth.generate(args.n, seed=args.seed, split="test")
+    spec = RunSpec(model="tiny", data=f"synth:{args.n}", variants=resolve_variants("all"), seed=args.seed)
+    out = Path(args.out) / "tiny-synth"
+    metrics = run_eval(load_tiny(), samples, spec, out, judges=[RuleJudge()])
+    _print_summary(out, metrics)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from vlmstress.train.config import SFTConfig, load_config
+
+    if args.kind == "grpo":
+        from vlmstress.train.grpo import run_grpo_command
+
+        return run_grpo_command(args)
+    cfg = load_config(args.config, SFTConfig, max_steps=args.max_steps, seed=args.seed, out=args.out)
+    from vlmstress.train.sft import train_sft
+
+    out = train_sft(cfg)
+    print(f"checkpoint written to {out} (use it with --model tiny:{out})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from vlmstress.report import build_report
+
+    html = build_report([Path(d) for d in args.dirs], html=Path(args.html) if args.html else None)
+    print(f"report written to {html}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from vlmstress.data import synth
+
+    path = synth.write(synth.generate(args.n, seed=args.seed, split=args.split), args.out)
+    print(f"wrote {args.n} samples to {path}")
+    return 0
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.split("@")[0])[:60]
+
+
+def _print_summary(out: Path, metrics: dict) -> None:
+    # The Markdown table as is: wide tables wrap badly in a rendered terminal table.
+    print((out / "summary.md").read_text())
+    print(f"records, metrics and summary in {out}")
+
+
+COMMANDS = {"eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "report": cmd_report, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"vlmstress: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlmstress: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("VLMSTRESS_DEBUG"):
+            raise
+        print(
+            f"vlmstress: failed: {type(e).__name__}: {e} (set VLMSTRESS_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vlmstress.cli import main
+
+
+def _run(*args, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "vlmstress.cli", *args], capture_output=True, text=True, **kw
+    )
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["eval", "--model", "nosuch:x", "--data", "synth:2"], "model SPEC"),
+        (["eval", "--model", "tiny", "--data", "nosuch-benchmark"], "nosuch-benchmark"),
+        (["eval", "--model", "tiny", "--data", "synth:2", "--variants", "base,bogus"], "unknown variant"),
+        (["eval", "--model", "tiny", "--data", "synth:2", "--limit", "0"], "positive"),
+        (["eval", "--model", "tiny"], "--data"),
+        (["frobnicate"], "invalid choice"),
+        (["train", "sft", "--config", "/nonexistent.yaml"], "not found"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(args, needle):
+    res = _run(*args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_config_with_unknown_key_is_usage_error(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("kind: sft\nmax_stepz: 3\ncurriculum: []\n")
+    assert main(["train", "sft", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "max_stepz" in err and len(err.splitlines()) == 1
+
+
+def test_data_synth_writes_a_loadable_file(tmp_path):
+    from vlmstress.data.files import load_file
+
+    assert main(["data", "synth", "--n", "5", "--seed", "3", "--out", str(tmp_path / "d")]) == 0
+    samples = load_file(tmp_path / "d" / "data.jsonl")
+    assert len(samples) == 5 and all(s.error is None for s in samples)
+    assert samples[0].options and samples[0].target in "ABCD"
+
+
+def test_eval_end_to_end_on_tiny_checkpoint(tiny_ckpt, tmp_path):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "eval",
+            "--model",
+            f"tiny:{tiny_ckpt}",
+            "--data",
+            "synth:5",
+            "--variants",
+            "all",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_samples"] == 5 and len(metrics["variants"]) == 9
+    records = (out / "records.jsonl").read_text().splitlines()
+    assert len(records) == 45
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == f"tiny:{tiny_ckpt}" and config["variants"][0] == "base"

@@ -1,0 +1,116 @@
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from vlmstress.data import synth
+from vlmstress.errors import UsageError
+from vlmstress.judge.rule import RuleJudge
+from vlmstress.models.replay import ReplayModel
+from vlmstress.perturb import perturb, resolve_variants
+from vlmstress.runner import RunSpec, read_records, run_eval, run_lock
+
+VARIANTS = ["base", "wrong_think", "wrong_caption"]
+
+
+def _replay_file(tmp_path, samples, answer_of):
+    """Saved responses: each (sample, variant) answers `answer_of(sample, prompt)` after a think."""
+    rows = []
+    for s in samples:
+        for v in VARIANTS:
+            p = perturb(s, v, 0)
+            letter = answer_of(s, p)
+            think = "" if p.prefill else f"<think>{synth.think_text(s, letter)}</think>"
+            probs = {ltr: (0.7 if ltr == letter else 0.1) for ltr in p.option_letters}
+            rows.append(
+                {
+                    "sample_id": s.sample_id,
+                    "variant": v,
+                    "response": f"{think}<answer>{letter}</answer>",
+                    "letter_probs": probs,
+                }
+            )
+    path = tmp_path / "replay.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _follows_text(s, p):
+    """A model that answers right on base and follows whatever the text argues for."""
+    return p.misleading or s.target
+
+
+def test_records_and_metrics(tmp_path):
+    samples = synth.generate(10)
+    model = ReplayModel(_replay_file(tmp_path, samples, _follows_text))
+    spec = RunSpec(model="replay", data="synth:10", variants=VARIANTS)
+    metrics = run_eval(model, samples, spec, tmp_path / "run", judges=[RuleJudge()], progress=False)
+    records = read_records(tmp_path / "run" / "records.jsonl")
+    assert len(records) == 30
+    assert {(r["sample_id"], r["variant"]) for r in records} == {
+        (s.sample_id, v) for s in samples for v in VARIANTS
+    }
+    v = metrics["variants"]
+    assert v["base"]["accuracy"] == 1.0
+    assert v["wrong_think"]["accuracy"] == 0.0 and v["wrong_think"]["followed_misleading"] == 1.0
+    assert v["wrong_caption"]["flip_rate"] == 1.0
+    # the think argues for the answer it gives: every base record is judged consistent
+    assert v["base"]["quadrants"]["consistent_correct"] == 1.0
+    r = next(r for r in records if r["variant"] == "base")
+    assert r["entropy"] == pytest.approx(-(0.7 * math.log(0.7) + 3 * 0.1 * math.log(0.1)))
+    assert r["p_correct"] == pytest.approx(0.7) and r["score_source"] == "generation"
+    for name in ("metrics.json", "config.json", "summary.md"):
+        assert (tmp_path / "run" / name).exists()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+
+
+def test_resume_repeats_no_finished_work(tmp_path):
+    samples = synth.generate(10)
+    calls = []
+
+    class Counting(ReplayModel):
+        def generate(self, prompts, *, max_new_tokens):
+            calls.extend((p.sample_id, p.variant) for p in prompts)
+            return super().generate(prompts, max_new_tokens=max_new_tokens)
+
+    model = Counting(_replay_file(tmp_path, samples, _follows_text))
+    spec = RunSpec(model="replay", data="synth:10", variants=VARIANTS, batch_size=4)
+    out = tmp_path / "run"
+    run_eval(model, samples[:6], spec, out, progress=False)
+    first = list(calls)
+    # a crash mid-write leaves a torn last line: it is dropped and redone
+    with (out / "records.jsonl").open("a") as f:
+        f.write('{"sample_id": "synth-test-0-6", "vari')
+    metrics = run_eval(model, samples, spec, out, progress=False)
+    second = calls[len(first) :]
+    assert len(first) == 18 and len(second) == 12
+    assert not set(first) & set(second)
+    records = read_records(out / "records.jsonl")
+    assert len(records) == 30 and len({(r["sample_id"], r["variant"]) for r in records}) == 30
+    fresh = run_eval(model, samples, spec, tmp_path / "fresh", progress=False)
+    assert fresh["variants"] == metrics["variants"]
+
+
+def test_broken_samples_become_error_records(tmp_path):
+    samples = synth.generate(4)
+    samples[1] = replace(samples[1], error="answer not among the options")
+    model = ReplayModel(_replay_file(tmp_path, synth.generate(4), _follows_text))
+    spec = RunSpec(model="replay", data="x", variants=["base"])
+    metrics = run_eval(model, samples, spec, tmp_path / "run", progress=False)
+    records = {r["sample_id"]: r for r in read_records(tmp_path / "run" / "records.jsonl")}
+    assert records[samples[1].sample_id]["error"].startswith("sample: answer not among")
+    assert records[samples[0].sample_id]["error"] is None
+    base = metrics["variants"]["base"]
+    assert base["errors"] == 1 and base["n"] == 3
+
+
+def test_second_process_on_same_dir_is_refused(tmp_path):
+    with run_lock(tmp_path), pytest.raises(UsageError, match="another vlmstress process"), run_lock(tmp_path):
+        pass
+
+
+def test_unknown_variant_is_usage_error():
+    with pytest.raises(UsageError, match="unknown variant"):
+        resolve_variants("base,wrong_thnk")
+    assert resolve_variants("all")[0] == "base"
