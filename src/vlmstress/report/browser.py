@@ -1,0 +1,214 @@
+"""The sample browser: per sample, what was asked and what each run answered under each variant.
+
+Records do not carry the question, options or image, so they are recovered where that is cheap and
+local: synthetic samples are redrawn from their id (`synth-{split}-{seed}-{index}`), and a run on a
+local data file reads it back. Nothing is fetched from the network; a sample that cannot be found
+still shows its answers. All model text goes to the page as text (the template escapes it).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from vlmstress.data.schema import Sample, letters
+from vlmstress.perturb import TEMPLATES, Prompt, perturb
+from vlmstress.report.runs import Run
+
+MAX_SAMPLES = 200
+MAX_TEXT = 3000  # characters of a response or prefill shown; the rest is counted, not shown
+THUMB = 128
+_SYNTH_ID = re.compile(r"synth-(train|test|val)-(-?\d+)-(\d+)")
+
+
+@dataclass(frozen=True)
+class Prob:
+    letter: str
+    p: float
+    is_target: bool
+    is_answer: bool
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One record, as the browser shows it."""
+
+    run: int
+    run_label: str
+    variant: str
+    prompt_extra: list[str]  # what the variant added to the user turn (a caption, an option)
+    prefill: str
+    response: str
+    cut: int  # characters of the response left out
+    answer: str | None
+    answer_text: str | None
+    misleading: str | None
+    correct: bool
+    quadrant: str  # a metrics quadrant, or "error"
+    verdict: str | None
+    supports: str | None
+    judge_by: str | None
+    probs: list[Prob]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SampleView:
+    sample_id: str
+    image: str | None  # data URI of a thumbnail
+    question: str | None
+    options: list[tuple[str, str]]
+    target: str | None
+    family: str | None
+    attempts: list[Attempt]
+
+
+def quadrant(record: dict) -> str:
+    """The record's quadrant as metrics.json counts it; error records are outside every quadrant."""
+    if record.get("error") is not None:
+        return "error"
+    verdict = (record.get("judge") or {}).get("verdict")
+    if verdict not in ("consistent", "inconsistent"):
+        return "unknown"
+    return f"{verdict}_{'correct' if record.get('correct') else 'incorrect'}"
+
+
+def synth_sample(sample_id: str) -> Sample | None:
+    """A synthetic sample redrawn from its id (the generator is deterministic)."""
+    match = _SYNTH_ID.fullmatch(sample_id)
+    if not match:
+        return None
+    from vlmstress.data import synth
+
+    split, seed, index = match.group(1), int(match.group(2)), int(match.group(3))
+    return synth.make_sample(index, seed, split)
+
+
+def file_samples(data: str) -> dict[str, Sample]:
+    """The samples of a local data file (a run's `data`), when that file is still there."""
+    path = Path(data)
+    if not data or not path.is_absolute() or not path.is_file():
+        return {}
+    from vlmstress.data.files import load_file
+
+    try:
+        return {s.sample_id: s for s in load_file(path)}
+    except Exception:  # the report must not fail because a data file changed since the run
+        return {}
+
+
+def thumbnail(sample: Sample) -> str | None:
+    """A PNG data URI, small pictures enlarged without smoothing so their pixels stay visible."""
+    from vlmstress.data.images import load_image
+
+    try:
+        img = load_image(sample.image)
+    except Exception:
+        return None
+    scale = THUMB / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    img = img.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _cut(text: str | None) -> tuple[str, int]:
+    text = text or ""
+    return text[:MAX_TEXT], max(0, len(text) - MAX_TEXT)
+
+
+def asked(run: Run, sample: Sample, variant: str) -> Prompt | None:
+    """The prompt the run built for this sample and variant (perturbations are pure functions of
+    the sample, the variant, the run's seed and template), or None where it cannot be rebuilt."""
+    try:
+        template = TEMPLATES[run.config.get("template") or "vlmstress"]
+        return perturb(sample, variant, int(run.config.get("seed") or 0), template)
+    except Exception:  # a variant or template this install does not know, or one that does not apply
+        return None
+
+
+def prompt_additions(run: Run, sample: Sample | None, variant: str) -> list[str]:
+    """Lines of the user turn that base does not have: the caption, an extra option."""
+    if sample is None or variant == "base":
+        return []
+    prompt, base = asked(run, sample, variant), asked(run, sample, "base")
+    if prompt is None or base is None:
+        return []
+    plain = set(base.user.splitlines())
+    return [line for line in prompt.user.splitlines() if line not in plain]
+
+
+def attempt(run: Run, record: dict, sample: Sample | None) -> Attempt:
+    probs = record.get("letter_probs") or {}
+    response, cut = _cut(record.get("response"))
+    answer = record.get("answer")
+    prompt = asked(run, sample, record["variant"]) if sample is not None else None
+    options = prompt.options if prompt is not None else (sample.options if sample is not None else ())
+    answer_text = options[letters(len(options)).index(answer)] if answer in letters(len(options)) else None
+    judge = record.get("judge") or {}
+    return Attempt(
+        run=run.index,
+        run_label=run.label,
+        variant=record["variant"],
+        prompt_extra=prompt_additions(run, sample, record["variant"]),
+        prefill=_cut(record.get("prefill"))[0],
+        response=response,
+        cut=cut,
+        answer=answer,
+        answer_text=answer_text,
+        misleading=record.get("misleading"),
+        correct=bool(record.get("correct")),
+        quadrant=quadrant(record),
+        verdict=judge.get("verdict"),
+        supports=judge.get("supports"),
+        judge_by=judge.get("by"),
+        probs=[
+            Prob(ltr, float(p), ltr == record.get("target"), ltr == answer)
+            for ltr, p in sorted(probs.items())
+        ],
+        error=record.get("error"),
+    )
+
+
+def sample_views(
+    runs: Sequence[Run], variant_order: list[str], limit: int = MAX_SAMPLES
+) -> tuple[list[SampleView], int]:
+    """The first `limit` samples (in the order the runs logged them) and how many there are."""
+    by_id: dict[str, list[tuple[Run, dict]]] = {}
+    for run in runs:
+        for r in run.records:
+            by_id.setdefault(r["sample_id"], []).append((run, r))
+    ids = list(by_id)
+    shown = ids[:limit]
+    by_file: dict[str, Sample] = {}
+    for data in dict.fromkeys(str(run.config.get("data") or "") for run in runs):
+        by_file.update(file_samples(data))
+    rank = {v: i for i, v in enumerate(variant_order)}
+    views = []
+    for sid in shown:
+        found = sorted(by_id[sid], key=lambda rr: (rank.get(rr[1]["variant"], len(rank)), rr[0].index))
+        sample = by_file.get(sid) or synth_sample(sid)
+        if sample is not None and any(r.get("target") not in (None, sample.target) for _, r in found):
+            sample = None  # an id that merely looks like ours: better no question than a wrong one
+        target = sample.target if sample else next((r.get("target") for _, r in found), None)
+        views.append(
+            SampleView(
+                sample_id=sid,
+                image=thumbnail(sample) if sample is not None and sample.image is not None else None,
+                question=sample.question if sample else None,
+                options=list(zip(letters(len(sample.options)), sample.options, strict=True))
+                if sample
+                else [],
+                target=target,
+                family=sample.family if sample else next((r.get("family") for _, r in found), None),
+                attempts=[attempt(run, r, sample) for run, r in found],
+            )
+        )
+    return views, len(ids)

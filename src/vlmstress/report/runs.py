@@ -1,0 +1,146 @@
+"""Run directories as the report reads them: config.json, metrics.json, records.jsonl, dynamics.jsonl.
+
+Everything the report shows comes from these files: numbers from metrics.json (so the report can
+never disagree with `eval`), per-sample views and paired tests from records.jsonl, training curves
+from dynamics.jsonl. A directory with neither metrics.json nor dynamics.jsonl (its own, or for a
+GRPO seed sweep those of its seed-*/ runs) is not a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmstress.errors import UsageError
+from vlmstress.report.palette import order_variants
+from vlmstress.runner import RECORDS, read_records
+
+DYNAMICS = "dynamics.jsonl"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory, loaded. `label` is the short name tables and legends use."""
+
+    index: int
+    path: Path
+    label: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    records: list[dict[str, Any]] = field(repr=False)
+    dynamics: list[dict[str, Any]] = field(repr=False)
+
+    @property
+    def model(self) -> str:
+        return str((self.metrics or {}).get("model") or self.config.get("model") or "?")
+
+    @property
+    def data(self) -> str:
+        return str((self.metrics or {}).get("data") or self.config.get("data") or "?")
+
+    @property
+    def variants(self) -> list[str]:
+        return order_variants((self.metrics or {}).get("variants", {}))
+
+    def variant_metrics(self, variant: str) -> dict[str, Any] | None:
+        return (self.metrics or {}).get("variants", {}).get(variant)
+
+
+def load_runs(dirs: list[Path]) -> list[Run]:
+    """Each directory once (in the order given), with labels that tell the runs apart."""
+    unique = list(dict.fromkeys(Path(d).resolve() for d in dirs))
+    if not unique:
+        raise UsageError("report: give at least one run directory")
+    loaded = [_load(d) for d in unique]
+    labels = run_labels([(c, m, d) for d, c, m, _, _ in loaded])
+    return [
+        Run(i, d, labels[i], config, metrics, records, dynamics)
+        for i, (d, config, metrics, records, dynamics) in enumerate(loaded)
+    ]
+
+
+def _load(path: Path) -> tuple[Path, dict, dict | None, list[dict], list[dict]]:
+    if not path.is_dir():
+        raise UsageError(f"report: {path} is not a directory")
+    config = _read_json(path / "config.json") or {}
+    metrics = _read_json(path / "metrics.json")
+    dynamics = _read_jsonl(path / DYNAMICS)
+    if metrics is None and not dynamics:
+        # A GRPO seed sweep writes one run per seed to DIR/seed-S; the rows carry their seed, so
+        # together they give the mean and spread over seeds.
+        dynamics = [row for f in sorted(path.glob(f"seed-*/{DYNAMICS}")) for row in _read_jsonl(f)]
+    if metrics is None and not dynamics:
+        raise UsageError(f"report: {path} is not a run directory (no metrics.json or {DYNAMICS})")
+    try:
+        records = read_records(path / RECORDS)
+    except ValueError as e:
+        raise UsageError(f"report: {path / RECORDS} is not valid JSON Lines: {e}") from None
+    return path, config, metrics, records, dynamics
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"report: {path} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"report: {path} must hold a JSON object")
+    return value
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            # A training job appends while it runs; only a torn last line is forgivable.
+            if number == len(lines):
+                break
+            raise UsageError(f"report: {path}:{number} is not valid JSON") from None
+    return rows
+
+
+def short_model(spec: str) -> str:
+    """A model SPEC without what makes it long: the directories of a local path, the server URL.
+
+    `replay:/tmp/x/run-a.jsonl` -> `replay:run-a`, `openai:gpt-4o@http://host/v1` -> `openai:gpt-4o`.
+    Hub ids (`hf:Qwen/Qwen2.5-VL-7B-Instruct`) are kept whole: the organisation is part of the name.
+    """
+    kind, sep, rest = spec.partition(":")
+    if not sep:
+        return spec
+    rest = rest.split("@")[0] if kind == "openai" else rest
+    if rest.startswith(("/", ".", "~")) or rest.count("/") > 1:
+        rest = Path(rest).stem if Path(rest).suffix else Path(rest).name
+    return f"{kind}:{rest}"
+
+
+def _dir_label(path: Path) -> str:
+    # One seed of a sweep is named by its sweep too: "grpo-faithful/seed-1", not "seed-1".
+    return f"{path.parent.name}/{path.name}" if path.name.startswith("seed-") else path.name
+
+
+def run_labels(runs: list[tuple[dict, dict | None, Path]]) -> list[str]:
+    """Labels for (config, metrics, dir) triples: the short model name, plus the data when the runs
+    differ in data, plus the directory name when that still leaves two runs alike."""
+    models = [short_model(str((m or {}).get("model") or c.get("model") or _dir_label(d))) for c, m, d in runs]
+    datas = [str((m or {}).get("data") or c.get("data") or "") for c, m, d in runs]
+    labels = models
+    if len(set(datas)) > 1:
+        labels = [f"{m} · {x}" if x else m for m, x in zip(models, datas, strict=True)]
+    counts = Counter(labels)
+    dirs = [d for _, _, d in runs]
+    return [
+        f"{label} ({d.name})" if counts[label] > 1 else label for label, d in zip(labels, dirs, strict=True)
+    ]
