@@ -1,22 +1,47 @@
 """`hf:` and `tiny`: any chat VLM through transformers, batched greedy generation with left padding.
 
-The letter distribution is read from the generation pass itself: the logits at the first option
-letter after `<answer>`, softmaxed over the prompt's option letters only. A completion with no such
-letter is scored *forced*: one extra forward pass over prompt + completion + `<answer>`.
+The letter distribution is read from the generation pass itself: the raw logits at the first option
+letter after `<answer>`, softmaxed over the prompt's option letters only. Only the logits of
+letter-shaped tokens are kept at each step (the full vocabulary at every step of a long completion
+is gigabytes on a 7B model). A completion with no such letter is scored *forced*: one extra
+forward pass over prompt + completion + `<answer>`.
+
+Letters are found by token shape, not by one tokenizer's habits: after `<answer>` a letter may be
+its own token ("B"), carry a space or bracket (" B", "(B", "▁B"), or absorb the tag's last character
+(">B", as Qwen's pre-tokenizer makes it). The competing letters are the same token with the letter
+swapped ("(A", "(B", "(C"), so the distribution compares like with like.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 import torch
 
+from vlmstress.errors import UsageError
 from vlmstress.models.base import Generation, chat_messages
 from vlmstress.perturb import Prompt
 
+log = logging.getLogger(__name__)
+
 ANSWER_TAG = "<answer>"
+DTYPES: dict[str, Any] = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+# Characters a model may put between `<answer>` and the letter: "<answer> B", "<answer>(B)", "<answer>**B**".
+_BEFORE_LETTER = " \t\r\n([*"
+# A vocabulary entry whose only ASCII letter is one capital: "B", "ĠB", "▁B", "(B", ">B", "B)". Byte-level
+# and SentencePiece space markers are not ASCII, so they pass; "<0x41>"-style byte tokens do not.
+_LETTER_SHAPED = re.compile(r"[^A-Za-z]*([A-Z])[^A-Za-z]*")
 
 
 def _load_image(ref):
@@ -25,37 +50,146 @@ def _load_image(ref):
     return load_image(ref)
 
 
-def load_processor(path_or_id: str):
-    """The checkpoint's own processor; without torchvision (whose video processor Qwen-VL processors
-    insist on) fall back to the tokenizer plus the slow PIL image processor."""
+def load_processor(path_or_id: str, **kwargs: Any):
+    """The checkpoint's own processor.
+
+    Processors of video-capable models (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, ...) also build a video
+    processor, which needs torchvision (not a dependency of this project) and a video config (which
+    processors saved without one lack). When that fails, the same processor class is built without its
+    video processor: images go through the image processor AutoImageProcessor picks (the slow PIL one
+    when torchvision is absent), and video input, which vlmstress never sends, is unavailable.
+    """
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(path_or_id)
-    except (ImportError, ValueError, TypeError, AttributeError, OSError):
-        from vlmstress.models.tiny import load_processor as pil_processor
+        return AutoProcessor.from_pretrained(path_or_id, **kwargs)
+    except (ImportError, OSError, ValueError) as exc:
+        cls = _processor_class(path_or_id)
+        if cls is None:
+            raise
+        try:
+            return _without_video(cls).from_pretrained(path_or_id, **kwargs)
+        except Exception:
+            raise exc from None  # the stock loader's error says what is missing
 
-        return pil_processor(path_or_id)
+
+def _processor_class(path_or_id: str) -> type | None:
+    """The processor class AutoProcessor resolves: the one the checkpoint's processor or preprocessor
+    config names, else its model type's."""
+    from transformers import AutoConfig
+    from transformers.image_processing_utils import ImageProcessingMixin
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING, processor_class_from_name
+    from transformers.processing_utils import ProcessorMixin
+
+    for read in (ProcessorMixin.get_processor_dict, ImageProcessingMixin.get_image_processor_dict):
+        try:
+            name = read(path_or_id)[0].get("processor_class")
+        except (OSError, ValueError):  # no such file in the checkpoint
+            continue
+        if name:
+            return processor_class_from_name(name)
+    return PROCESSOR_MAPPING.get(type(AutoConfig.from_pretrained(path_or_id)), None)
+
+
+def _without_video(cls: type) -> type:
+    """`cls` with no video processor among its parts: neither loaded nor type-checked, and None when read."""
+
+    class WithoutVideo(cls):  # type: ignore[misc, valid-type]
+        video_processor = None
+
+        @classmethod
+        def get_attributes(klass) -> list[str]:
+            return [a for a in super().get_attributes() if a != "video_processor"]
+
+    WithoutVideo.__name__ = WithoutVideo.__qualname__ = cls.__name__
+    return WithoutVideo
+
+
+def forced_answer_prefix(tokenizer: Any, letter: str) -> tuple[str, int] | None:
+    """How to ask for the answer letter after a completion: (text to append, id of the token that
+    then writes `letter`), or None when the tokenizer does not end `<answer>X` with one letter token.
+
+    Usually that is all of `<answer>` and the bare letter. But a tokenizer may merge the tag's end
+    into the letter (Qwen writes `<answer>B` as "<answer" + ">B"); appending the whole tag would leave
+    the model at a token boundary it never saw, so only "<answer" is appended and ">B" is the token.
+    """
+    try:
+        ids = tokenizer.encode(ANSWER_TAG + letter, add_special_tokens=False)
+        piece = tokenizer.decode(ids[-1:], skip_special_tokens=True)
+    except Exception:  # tokenizers without the HF interface (vLLM's Mistral tokenizer): no plan
+        return None
+    if not ids or not piece.endswith(letter) or not ANSWER_TAG.endswith(absorbed := piece[:-1]):
+        return None
+    return ANSWER_TAG[: len(ANSWER_TAG) - len(absorbed)], ids[-1]
+
+
+def _torch_placement(device: str | None) -> tuple[str | None, str | None]:
+    """(device to move the model to, device_map for from_pretrained) for the `device` option."""
+    if device is None:
+        return ("cuda" if torch.cuda.is_available() else "cpu"), None
+    if device == "auto":  # accelerate spreads the layers over every visible GPU (and CPU if needed)
+        return None, "auto"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"hf device must be cpu, cuda, cuda:N or auto, not {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"hf device {device!r}: this torch sees no CUDA device")
+    return device, None
 
 
 @dataclass
 class HFModel:
-    model: object
-    processor: object
+    """A transformers image-text-to-text model and its processor as a VLM.
+
+    Built by `from_pretrained`, or directly around a model already in memory (the training loop's
+    policy): inputs go to wherever the model's parameters are, so `device` is informational.
+    """
+
+    model: Any
+    processor: Any
     name: str
     device: str = "cpu"
-    _letter_ids: dict = field(default_factory=dict, repr=False)
+    # Caches: letter-token families by (token id, letter, option letters); forced-scoring plans by letters.
+    _families: dict[tuple, dict[str, int] | None] = field(default_factory=dict, repr=False)
+    _forced_plans: dict[tuple, tuple[str, dict[str, int]] | None] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, *, name: str | None = None, dtype: str = "auto",
-                        device: str | None = None, **_: object) -> HFModel:
+    def from_pretrained(
+        cls,
+        path_or_id: str,
+        *,
+        name: str | None = None,
+        dtype: str = "auto",
+        device: str | None = None,
+        attn_implementation: str | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+    ) -> HFModel:
+        """Load a checkpoint folder or hub id.
+
+        dtype: auto (the checkpoint's own), float32, bfloat16 or float16. device: cpu, cuda, cuda:N, or
+        auto (layers spread over the visible GPUs); default cuda when available. processor_kwargs go to
+        the processor (e.g. {"max_pixels": 1003520} to bound Qwen-VL's image tokens).
+        """
         from transformers import AutoModelForImageTextToText
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = AutoModelForImageTextToText.from_pretrained(path_or_id, dtype=dtype).to(device).eval()
-        processor = load_processor(path_or_id)
-        processor.tokenizer.padding_side = "left"
-        return cls(model=model, processor=processor, name=name or f"hf:{path_or_id}", device=device)
+        if dtype not in DTYPES:
+            raise UsageError(f"hf dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        target, device_map = _torch_placement(device)
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = AutoModelForImageTextToText.from_pretrained(
+            path_or_id, dtype=DTYPES[dtype], device_map=device_map, **extra
+        )
+        if target is not None:
+            model = model.to(target)
+        processor = load_processor(path_or_id, **(processor_kwargs or {}))
+        tokenizer = processor.tokenizer
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:  # batching needs a pad token; it is masked out, so eos serves
+            tokenizer.pad_token = tokenizer.eos_token
+        return cls(
+            model=model.eval(), processor=processor, name=name or f"hf:{path_or_id}", device=str(model.device)
+        )
 
     @property
     def tokenizer(self):
@@ -65,17 +199,24 @@ class HFModel:
         # The prefill is appended to the rendered generation prompt: the same string as
         # continue_final_message gives, without depending on how a template strips the last turn.
         messages = chat_messages(prompt, with_prefill=False)
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prompt.prefill
+        rendered = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return rendered + prompt.prefill
 
-    def _encode(self, texts: list[str], images: list) -> dict:
-        kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
+    def _encode(self, texts: list[str], images: list) -> Any:
+        kwargs: dict[str, Any] = {
+            "text": texts,
+            "return_tensors": "pt",
+            "padding": True,
+            "padding_side": "left",
+        }
         if any(im is not None for im in images):
             kwargs["images"] = [im for im in images if im is not None]
-        return {k: v.to(self.device) for k, v in self.processor(**kwargs).items()}
+        # Pixel values follow the model's dtype (a bfloat16 model gets bfloat16 pixels); ids stay integers.
+        return self.processor(**kwargs).to(device=self.model.device, dtype=self.model.dtype)
 
     def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[Generation]:
         results: list[Generation | None] = [None] * len(prompts)
-        texts, images, rows = [], [], []
+        rows, texts, images = [], [], []
         for i, p in enumerate(prompts):
             try:
                 images.append(_load_image(p.image) if p.image is not None else None)
@@ -84,90 +225,212 @@ class HFModel:
                 continue
             texts.append(self.prompt_text(p))
             rows.append(i)
-        if rows:
-            for i, gen in zip(rows, self._generate_batch([prompts[i] for i in rows], texts, images, max_new_tokens)):
-                results[i] = gen
+        gens = self._generate_isolating([prompts[i] for i in rows], texts, images, max_new_tokens)
+        for i, gen in zip(rows, gens, strict=True):
+            results[i] = gen
         return results  # type: ignore[return-value]
+
+    def _generate_isolating(self, prompts, texts, images, max_new_tokens) -> list[Generation]:
+        """A batch that fails is retried one prompt at a time, so a prompt that cannot run (too long,
+        out of memory, a processor error) fails alone instead of sinking the batch."""
+        if not prompts:
+            return []
+        try:
+            return self._generate_batch(prompts, texts, images, max_new_tokens)
+        except Exception as exc:  # the contract: one prompt never sinks the batch
+            if len(prompts) == 1:
+                return [Generation(text="", error=f"{type(exc).__name__}: {exc}")]
+            log.warning(
+                "batch of %d failed (%s: %s); retrying one by one", len(prompts), type(exc).__name__, exc
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return [
+                gen
+                for one in zip(prompts, texts, images, strict=True)
+                for gen in self._generate_isolating(*([x] for x in one), max_new_tokens)
+            ]
 
     @torch.no_grad()
     def _generate_batch(self, prompts, texts, images, max_new_tokens) -> list[Generation]:
         enc = self._encode(texts, images)
-        out = self.model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
-            return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id,
-        )
-        new = out.sequences[:, enc["input_ids"].shape[1]:]
-        eos = self.tokenizer.eos_token_id
+        columns = self._letter_columns({ltr for p in prompts for ltr in p.option_letters})
+        with _StepLogits(self.model, list(columns)) as steps:
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
+        stops = self._stop_ids()
         gens, forced = [], []
         for b, p in enumerate(prompts):
-            ids = new[b].tolist()
-            if eos in ids:
-                ids = ids[: ids.index(eos)]
-            ids = [t for t in ids if t != self.tokenizer.pad_token_id]
+            ids = new[b]
+            ids = ids[: next((k for k, t in enumerate(ids) if t in stops), len(ids))]
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             probs = None
-            pos = self._answer_letter_position(ids, p.option_letters) if p.options else None
+            pos = self._answer_letter_position(ids, text, p) if p.options else None
             if pos is not None:
-                step, letter_ids = pos
-                probs = _renormalise(out.logits[step][b], letter_ids)
-            gens.append(Generation(text=text, letter_probs=probs, score_source="generation" if probs else None,
-                                   n_tokens=len(ids)))
+                step, family = pos
+                probs = _renormalise(steps.at(step)[b], {ltr: columns[t] for ltr, t in family.items()})
+            n_tokens = sum(t != self.tokenizer.pad_token_id for t in ids)
+            source = "generation" if probs else None
+            gens.append(Generation(text=text, letter_probs=probs, score_source=source, n_tokens=n_tokens))
             if probs is None and p.options:
                 forced.append(b)
         if forced:
-            scored = self._forced_scores([texts[b] + gens[b].text for b in forced],
-                                         [images[b] for b in forced], [prompts[b] for b in forced])
-            for b, probs in zip(forced, scored):
-                gens[b].letter_probs, gens[b].score_source = probs, "forced"
+            scored = self._forced_scores(
+                [texts[b] + gens[b].text for b in forced],
+                [images[b] for b in forced],
+                [prompts[b] for b in forced],
+            )
+            for b, probs in zip(forced, scored, strict=True):
+                if probs is not None:
+                    gens[b].letter_probs, gens[b].score_source = probs, "forced"
         return gens
 
-    def _answer_letter_position(self, ids: list[int], option_letters: list[str]):
-        """(step, {letter: token id}) of the first option letter after `<answer>` in the completion."""
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        start = text.find(ANSWER_TAG)
-        if start < 0:
-            return None
-        start += len(ANSWER_TAG)
-        # walk the tokens to the one that carries the first non-space character after the tag
-        for j in range(len(ids)):
-            if len(self.tokenizer.decode(ids[: j + 1], skip_special_tokens=True)) <= start:
-                continue
-            piece = self.tokenizer.decode([ids[j]], skip_special_tokens=True)
-            core = piece.strip().lstrip("(")
-            if not core:
-                continue  # whitespace or "(" before the letter
-            if core in option_letters:
-                letter_ids = self._letter_family(piece, core, option_letters)
-                return (j, letter_ids) if letter_ids else None
-            return None
-        return None
+    def _stop_ids(self) -> set[int]:
+        """Tokens that end a completion: the tokenizer's eos and every eos the generation config lists."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = set(eos) if isinstance(eos, list | tuple) else {eos}
+        return {i for i in ids | {self.tokenizer.eos_token_id} if i is not None}
 
-    def _letter_family(self, piece: str, letter: str, option_letters: list[str]) -> dict[str, int] | None:
-        """Token ids of every option letter in the same surface form as `piece` (" B", "B", "(B")."""
-        key = (piece.replace(letter, "{}"), tuple(option_letters))
-        if key not in self._letter_ids:
-            family = {}
-            for ltr in option_letters:
-                ids = self.tokenizer.encode(key[0].format(ltr), add_special_tokens=False)
-                if len(ids) != 1:
-                    family = None
-                    break
-                family[ltr] = ids[0]
-            self._letter_ids[key] = family
-        return self._letter_ids[key]
+    def _answer_letter_position(self, ids: list[int], text: str, prompt: Prompt):
+        """(step, {letter: token id}) of the first option letter after `<answer>`, or None.
+
+        The tag may sit in the prefill (a prompt can end in `<answer>`); the letter must be generated.
+        """
+        context = prompt.prefill + text
+        tag = context.find(ANSWER_TAG)
+        if tag < 0:
+            return None
+        at = tag + len(ANSWER_TAG)
+        while at < len(context) and context[at] in _BEFORE_LETTER:
+            at += 1
+        letter = context[at : at + 1]
+        if letter not in prompt.option_letters or context[at + 1 : at + 2].isalnum():
+            return None  # no letter, or a word that starts with one ("Both")
+        if at < len(prompt.prefill):
+            return None  # the letter was given, not generated
+        step = self._token_at(ids, at - len(prompt.prefill))
+        family = self._letter_family(ids[step], letter, prompt.option_letters)
+        return (step, family) if family else None
+
+    def _token_at(self, ids: list[int], char: int) -> int:
+        """Index of the token that writes character `char` of the decoded completion.
+
+        The first token whose prefix decodes past `char`, found by bisection: log n prefix decodes
+        instead of one per token (decoding prefixes, not single tokens, keeps multi-byte characters
+        and SentencePiece spaces exactly as the full decode renders them).
+        """
+        lo, hi = 0, len(ids) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self.tokenizer.decode(ids[: mid + 1], skip_special_tokens=True)) > char:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _letter_family(self, token_id: int, letter: str, letters: list[str]) -> dict[str, int] | None:
+        """{option letter: token id} of `token_id` with its letter swapped for each option letter, or
+        None when the token is not letter-shaped or some swap is not in the vocabulary."""
+        key = (token_id, letter, tuple(letters))
+        if key not in self._families:
+            raw = self.tokenizer.convert_ids_to_tokens(token_id)
+            family = None
+            if raw and _LETTER_SHAPED.fullmatch(raw) and letter in raw:
+                swapped = {ltr: self._vocab.get(raw.replace(letter, ltr)) for ltr in letters}
+                if None not in swapped.values():
+                    family = swapped
+            self._families[key] = family
+        return self._families[key]
+
+    @cached_property
+    def _vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()
+
+    @cached_property
+    def _letter_shaped(self) -> list[tuple[int, str]]:
+        """(token id, its capital) of every letter-shaped vocabulary entry, found once per tokenizer."""
+        shaped = ((i, _LETTER_SHAPED.fullmatch(tok)) for tok, i in self._vocab.items())
+        return sorted((i, m.group(1)) for i, m in shaped if m)
+
+    def _letter_columns(self, letters: set[str]) -> dict[int, int]:
+        """{token id: column} of the letter-shaped tokens of `letters`: the logits kept at each step.
+
+        Closed under swaps among `letters`, so every family of a prompt whose option letters are
+        among them has all its columns here.
+        """
+        kept = [i for i, capital in self._letter_shaped if capital in letters]
+        return {token_id: col for col, token_id in enumerate(kept)}
+
+    def _forced_plan(self, letters: list[str]) -> tuple[str, dict[str, int]] | None:
+        """(text to append, {letter: token id}) for forced scoring, or None if the tokenizer cannot say."""
+        key = tuple(letters)
+        if key not in self._forced_plans:
+            plan = None
+            found = forced_answer_prefix(self.tokenizer, letters[0])
+            if found is not None:
+                family = self._letter_family(found[1], letters[0], letters)
+                plan = (found[0], family) if family else None
+            self._forced_plans[key] = plan
+        return self._forced_plans[key]
 
     @torch.no_grad()
     def _forced_scores(self, texts, images, prompts) -> list[dict[str, float] | None]:
-        enc = self._encode([t + ANSWER_TAG for t in texts], images)
-        logits = self.model(**enc).logits[:, -1, :]
-        out = []
-        for b, p in enumerate(prompts):
-            family = self._letter_family("{}".format("A"), "A", p.option_letters)
-            out.append(_renormalise(logits[b], family) if family else None)
+        """Next-letter distributions after each text + `<answer>`; None where the tokenizer cannot say
+        which token a letter is, or where the pass fails (the completion itself still stands)."""
+        plans = [self._forced_plan(p.option_letters) for p in prompts]
+        rows = [b for b, plan in enumerate(plans) if plan is not None]
+        out: list[dict[str, float] | None] = [None] * len(prompts)
+        if not rows:
+            return out
+        try:
+            enc = self._encode([texts[b] + plans[b][0] for b in rows], [images[b] for b in rows])  # type: ignore[index]
+            # Only the last position's logits are needed; asking for all of them costs B x L x vocab.
+            logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :]
+        except Exception as exc:  # a forced score is a bonus; losing it must not lose the completions
+            log.warning("forced scoring failed (%s: %s); letter_probs left empty", type(exc).__name__, exc)
+            return out
+        for k, b in enumerate(rows):
+            out[b] = _renormalise(logits[k], plans[b][1])  # type: ignore[index]
         return out
+
+
+class _StepLogits:
+    """Records, at each generation step, the output layer's raw logits for a fixed set of token ids.
+
+    A forward hook on the output embeddings sees every step's logits before any logits processor (the
+    same values `generate(output_logits=True)` returns), and keeping only the letter-shaped columns
+    holds memory to steps x batch x a few thousand instead of steps x batch x vocabulary.
+    """
+
+    def __init__(self, model: Any, token_ids: list[int]) -> None:
+        self.head = model.get_output_embeddings()
+        self.index = torch.tensor(token_ids, dtype=torch.long)
+        self.steps: list[torch.Tensor] = []
+
+    def __enter__(self) -> _StepLogits:
+        self.handle = self.head.register_forward_hook(self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def _record(self, module: Any, inputs: Any, output: torch.Tensor) -> None:
+        # One call per generated token (the prompt pass included): the last position is the next token.
+        if self.index.device != output.device:
+            self.index = self.index.to(output.device)
+        self.steps.append(output[:, -1, :].index_select(-1, self.index))
+
+    def at(self, step: int) -> torch.Tensor:
+        return self.steps[step]
 
 
 def _renormalise(logits: torch.Tensor, letter_ids: dict[str, int]) -> dict[str, float]:
     sub = torch.stack([logits[i] for i in letter_ids.values()]).float()
     probs = torch.softmax(sub, dim=0).tolist()
-    return {ltr: p for ltr, p in zip(letter_ids, probs) if not math.isnan(p)}
+    return {ltr: p for ltr, p in zip(letter_ids, probs, strict=True) if not math.isnan(p)}
