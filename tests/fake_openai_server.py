@@ -277,11 +277,14 @@ class _Handler(BaseHTTPRequestHandler):
             reply = state._reply_to(request)
             if reply.delay or state.latency:
                 state._stopping.wait(reply.delay + state.latency)
+        finally:
+            # Leave before sending: once the reply is on the wire the client may send its next
+            # request before this thread runs again, which would count one request twice.
+            state._leave()
+        try:
             self._send(reply)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (its timeout): exactly what a hang test provokes
-        finally:
-            state._leave()
 
     def _send(self, reply: Reply) -> None:
         payload = reply.raw if reply.raw is not None else json.dumps(reply.json).encode()

@@ -73,19 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_eval(args) -> int:
     from vlmstress.data.loading import load_data
-    from vlmstress.models.registry import load_judge, load_model, redact_spec
+    from vlmstress.models.registry import check_judge_spec, load_judge, load_model, parse_spec, redact_spec
     from vlmstress.perturb import TEMPLATES, resolve_variants
-    from vlmstress.runner import RunSpec, run_eval
+    from vlmstress.runner import RunSpec, check_same_run, run_eval, run_lock
 
+    # Everything the user can get wrong is checked before the run directory is created or locked.
+    parse_spec(args.model)
+    for judge in args.judge:
+        check_judge_spec(judge)
     variants = resolve_variants(args.variants)
     if args.template not in TEMPLATES:
         raise UsageError(f"unknown template {args.template!r}; known: {', '.join(TEMPLATES)}")
     model_name = redact_spec(args.model)
     out = Path(args.out or f"runs/{_slug(model_name)}-{_slug(args.data)}")
     samples, data_name = load_data(args.data, data_dir=args.data_dir, limit=args.limit, seed=args.seed)
-    # API backends cache every request under the run, so a rerun (or resume) sends nothing twice.
-    judges = [load_judge(j, **_api_options(j, out)) for j in args.judge]
-    model = load_model(args.model, **_api_options(args.model, out))
     spec = RunSpec(
         model=model_name,
         data=data_name,
@@ -98,7 +99,14 @@ def cmd_eval(args) -> int:
         template=args.template,
         data_dir=args.data_dir,
     )
-    metrics = run_eval(model, samples, spec, out, judges=judges)
+    # The lock (and a resume's config check) come before the model loads: a second process on this
+    # --out, or a rerun of another config, is refused at once, not after minutes of loading weights.
+    with run_lock(out):
+        check_same_run(out, spec)
+        # API backends cache every request under the run, so a rerun (or resume) sends nothing twice.
+        judges = [load_judge(j, **_api_options(j, out)) for j in args.judge]
+        model = load_model(args.model, **_api_options(args.model, out))
+        metrics = run_eval(model, samples, spec, out, judges=judges, locked=True)
     _print_summary(out, metrics)
     return 0
 

@@ -1,9 +1,14 @@
 """The evaluation runner: Sample x variant -> Prompt -> model -> parse -> judge -> Record.
 
-records.jsonl is the run log every report is computed from. Each record is appended (and flushed)
-as soon as its batch finishes, so a crash loses at most the batch in flight; a rerun with the same
-`--out` reads the log back, drops a torn last line, and repeats no finished (sample, variant).
-A lock file keeps a second live process from interleaving records into the same directory.
+records.jsonl is the run log every report is computed from. Each batch's records are appended and
+fsynced as soon as the batch finishes, then the log's new length is committed to a small side file
+(`.records.commit`). A rerun with the same `--out` cuts the log back to the committed length, so a
+crash loses at most the batch in flight and never leaves part of one behind: the resumed run redoes
+that batch whole, with the same prompts batched together, and so writes the same bytes an
+uninterrupted run would (batch composition changes padding, and padding changes the floats).
+A lock file keeps a second live process from interleaving records into the same directory, and a
+rerun whose model, data, seed, template, token budget or judges differ from the log's is refused.
+See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +31,12 @@ from vlmstress.parse import grade_open, parse
 from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb
 
 RECORDS = "records.jsonl"
+COMMIT = ".records.commit"
+# What the records of a run depend on: a rerun that changes one of these must not resume the log.
+# (variants and limit may grow on a rerun; batch_size is left free though it moves floats slightly.)
+IDENTITY = ("model", "data", "seed", "template", "max_new_tokens", "judges")
+# The files the runner writes with write_atomic.
+RUN_FILES = ("config.json", "metrics.json", "summary.md", COMMIT)
 
 
 @dataclass
@@ -45,17 +56,34 @@ class RunSpec:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write then rename, so a reader (or a crash) never sees half a file."""
+    """Write then rename, so a reader (or a crash) never sees half a file: it sees the old file or
+    the new one. The directory is fsynced too, so the rename itself survives a power cut."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
 def run_lock(out: Path) -> Iterator[None]:
+    """Hold `out` for this process (flock, so the kernel releases it when the holder dies, however it
+    dies). A UsageError when another process holds it; nesting in one process is refused the same way."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / ".lock").open("w") as f:
         try:
@@ -71,20 +99,45 @@ def run_lock(out: Path) -> Iterator[None]:
 
 
 def read_records(path: Path, *, repair: bool = False) -> list[dict]:
-    """The records of a run log; a torn last line (a crash mid-write) is dropped, and cut off the
-    file when `repair` is set so appends continue from a clean line."""
+    """The records of a run log; a torn last line (a crash mid-write) is dropped.
+
+    With `repair` (the resuming runner, under the lock) the file is also cut back to the length last
+    committed to `.records.commit`, or, without a usable commit, to its last whole line, so that
+    appends continue from a clean batch boundary.
+    """
     if not path.exists():
         return []
     data = path.read_bytes()
     good_end = data.rfind(b"\n") + 1
+    if repair:
+        good_end = min(good_end, _committed_length(path, data))
     records = []
-    for line in data[:good_end].splitlines():
-        if line.strip():
+    for number, line in enumerate(data[:good_end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
             records.append(json.loads(line))
+        except ValueError as e:  # not a torn write (that is only ever the last line): damage
+            raise ValueError(f"{path} line {number} is not JSON ({e})") from None
     if repair and good_end < len(data):
         with path.open("r+b") as f:
             f.truncate(good_end)
+            os.fsync(f.fileno())
     return records
+
+
+def _committed_length(log: Path, data: bytes) -> int:
+    """The log length of the last committed batch; len(data) when there is no usable commit (a log
+    written before commits existed, or by hand), so only the torn-line rule applies."""
+    try:
+        commit = json.loads((log.parent / COMMIT).read_text())
+        size, lines = int(commit["bytes"]), int(commit["lines"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return len(data)
+    # A commit that does not describe a prefix of this log (the log was replaced) is ignored.
+    if size > len(data) or (size and data[size - 1 : size] != b"\n") or data[:size].count(b"\n") != lines:
+        return len(data)
+    return size
 
 
 def error_record(sample: Sample, variant: str, error: str, prompt: Prompt | None = None) -> dict:
@@ -191,19 +244,30 @@ def run_eval(
     *,
     judges: Sequence[Judge] = (),
     progress: bool = True,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int, float], None] | None = None,
+    locked: bool = False,
 ) -> dict:
-    """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics."""
+    """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics.
+
+    `locked` says the caller already holds `run_lock(out)` (the command line takes it before the
+    slow model load, so a second process is refused at once).
+    """
     out = Path(out)
-    with run_lock(out):
-        log = out / RECORDS
-        done = {(r["sample_id"], r["variant"]) for r in read_records(log, repair=True)}
+    with nullcontext() if locked else run_lock(out):
+        check_same_run(out, spec)
+        for name in RUN_FILES:  # temp files of a process killed inside write_atomic
+            for stale in out.glob(f".{name}.tmp[0-9]*"):
+                stale.unlink(missing_ok=True)
+        path = out / RECORDS
+        done = {(r["sample_id"], r["variant"]) for r in read_records(path, repair=True)}
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
         write_atomic(out / "config.json", json.dumps({**spec.__dict__, "n_samples": len(samples)}, indent=2))
-        with log.open("a") as f:
-            _append(f, errors)
-            _generate_all(model, todo, spec, judges, f, progress, on_batch)
-        records = read_records(log)
+        with _Log(path) as log:
+            log.append(errors)
+            _generate_all(model, todo, spec, judges, log, progress, on_batch)
+        # The metrics describe this command: records a wider earlier run left in the log stay there.
+        wanted = {(s.sample_id, v) for s in samples for v in spec.variants}
+        records = [r for r in read_records(path) if (r["sample_id"], r["variant"]) in wanted]
         metrics = compute_metrics(
             records, model=spec.model, data=spec.data, n_samples=len(samples), seed=spec.seed
         )
@@ -213,14 +277,53 @@ def run_eval(
     return metrics
 
 
-def _append(f, records: list[dict]) -> None:
-    for r in records:
-        f.write(json.dumps(r) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+def check_same_run(out: Path, spec: RunSpec) -> None:
+    """Refuse to resume a log written by a different run: its records would be mixed into ours."""
+    try:
+        before = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(before, dict) or not (out / RECORDS).exists() or not (out / RECORDS).stat().st_size:
+        return
+    changed = [k for k in IDENTITY if k in before and before[k] != getattr(spec, k)]
+    if changed:
+        raise UsageError(
+            f"{out} holds a run with a different {', '.join(changed)}; use another --out "
+            "(or delete the directory to start over)"
+        )
 
 
-def _generate_all(model, todo, spec, judges, f, progress, on_batch) -> None:
+class _Log:
+    """records.jsonl opened for appending. Each `append` is one batch: written, fsynced, and then
+    committed to COMMIT, so a resume can cut off a batch that was only partly written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines = path.read_bytes().count(b"\n") if path.exists() else 0
+
+    def __enter__(self) -> _Log:
+        self.file = self.path.open("a", encoding="utf-8")
+        self._commit()  # a log that predates commits gets one before anything is appended
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self.file.write("".join(json.dumps(r) + "\n" for r in records))
+        self.lines += len(records)
+        self._commit()
+
+    def _commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        size = os.fstat(self.file.fileno()).st_size
+        write_atomic(self.path.parent / COMMIT, json.dumps({"bytes": size, "lines": self.lines}))
+
+
+def _generate_all(model, todo, spec, judges, log: _Log, progress, on_batch) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
@@ -231,11 +334,12 @@ def _generate_all(model, todo, spec, judges, f, progress, on_batch) -> None:
             samples, prompts = [c[0] for c in chunk], [c[1] for c in chunk]
             t0 = time.perf_counter()
             gens = model.generate(prompts, max_new_tokens=spec.max_new_tokens)
+            model_seconds = time.perf_counter() - t0
             verdicts = judge_batch(judges, prompts, gens, [s.question for s in samples])
-            _append(f, [make_record(s, p, g, v) for s, p, g, v in zip(samples, prompts, gens, verdicts)])
+            log.append([make_record(s, p, g, v) for s, p, g, v in zip(samples, prompts, gens, verdicts)])
             bar.advance(task, len(chunk))
             if on_batch:
-                on_batch(len(chunk), time.perf_counter() - t0)
+                on_batch(len(chunk), model_seconds)
 
 
 def family_accuracy(records: list[dict]) -> dict[str, dict[str, dict]]:

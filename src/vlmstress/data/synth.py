@@ -245,7 +245,9 @@ def fact_text(facts: dict, value: str) -> str:
 
 def think_text(sample: Sample, letter: str) -> str:
     value = sample.option_text(letter)
-    return f"{fact_text(sample.facts, value)} The answer is {value}, option {letter}."
+    # The option is restated as its own line, exactly as the prompt lists it: to a model it is then a
+    # copy of a prompt line, not a lookup from value to letter (see models/tiny.build_tokenizer).
+    return f"{fact_text(sample.facts, value)} The answer is:\n{letter}. {value}"
 
 
 def caption_text(sample: Sample, letter: str) -> str:

@@ -6,6 +6,8 @@ a missing vLLM matters only to `vllm:` SPECs.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,6 +67,7 @@ def load_model(spec: str, **options: Any) -> VLM:
         from vlmstress.models.openai_api import OpenAIChatModel
 
         model, _, url = target.partition("@")
+        options = {**openai_env_options(), **options}  # options given in code win over the environment
         try:
             return OpenAIChatModel(model.strip(), url.strip(), **options)
         except (TypeError, ValueError) as exc:  # an unknown or out-of-range option
@@ -74,6 +77,34 @@ def load_model(spec: str, **options: Any) -> VLM:
     if options:
         raise UsageError(f"replay models take no options (got {', '.join(sorted(options))})")
     return ReplayModel(target)
+
+
+# Timeouts and retries of `openai:` backends, settable without code (the command line has no flag
+# per backend option): e.g. a slow self-hosted server wants a longer timeout, a test a short one.
+OPENAI_ENV = {
+    "VLMSTRESS_OPENAI_TIMEOUT": ("timeout", float),  # seconds per request
+    "VLMSTRESS_OPENAI_RETRIES": ("max_retries", int),  # retries after the first attempt
+    "VLMSTRESS_OPENAI_BACKOFF": ("backoff", float),  # first retry pause in seconds, doubled each time
+}
+
+
+def openai_env_options() -> dict[str, Any]:
+    """OpenAIChatModel options from VLMSTRESS_OPENAI_* variables; a bad value is a UsageError."""
+    options: dict[str, Any] = {}
+    for name, (option, kind) in OPENAI_ENV.items():
+        text = os.environ.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < 0:
+            raise UsageError(
+                f"{name} must be a non-negative {'whole ' if kind is int else ''}number, got {text!r}"
+            )
+        options[option] = value
+    return options
 
 
 def _load_vllm(target: str, **options: Any) -> VLM:
@@ -91,16 +122,23 @@ def load_judge(spec: str, **model_options: Any) -> Judge:
 
     The judge is named by its SPEC without secrets, since the name is written into every record.
     """
-    if spec.strip() == "rule":
+    if check_judge_spec(spec) == "rule":
         from vlmstress.judge.rule import RuleJudge
 
         return RuleJudge()
+    from vlmstress.judge.llm import LLMJudge
+
+    return LLMJudge(load_model(spec, **model_options), name=redact_spec(spec))
+
+
+def check_judge_spec(spec: str) -> str:
+    """The judge's kind (`rule` or a model kind), or a UsageError: cheap, so a command line can
+    refuse a bad SPEC before it loads anything."""
+    if spec.strip() == "rule":
+        return "rule"
     try:
-        parse_spec(spec)
+        return parse_spec(spec)[0]
     except UsageError:
         raise UsageError(
             f"bad judge SPEC {redact_spec(spec)!r}: expected rule or a model SPEC ({MODEL_FORMS})"
         ) from None
-    from vlmstress.judge.llm import LLMJudge
-
-    return LLMJudge(load_model(spec, **model_options), name=redact_spec(spec))

@@ -104,8 +104,12 @@ class DynamicsSettings(Strict):
     """The policy's evaluation during training (train/dynamics.py)."""
 
     eval_every: int = Field(default=250, gt=0)
-    n: int = Field(default=100, gt=0)  # held-out synth samples (split "val")
-    variants: list[str] = Field(default_factory=lambda: ["base", "stop_think", "wrong_think", "wrong_caption"])
+    data: str = "synth"  # synth: the held-out split "val"; or any Data SPEC of `vlmstress eval`
+    data_dir: str | None = None  # for a benchmark Data SPEC, as `vlmstress eval --data-dir`
+    n: int = Field(default=100, gt=0)  # samples evaluated
+    variants: list[str] = Field(
+        default_factory=lambda: ["base", "stop_think", "wrong_think", "wrong_caption"], min_length=1
+    )
     judges: list[str] = Field(default_factory=lambda: ["rule"])
     batch_size: int = Field(default=16, gt=0)
     max_new_tokens: int = Field(default=96, gt=0)

@@ -78,7 +78,7 @@ def make_example(kind: str, sample: Sample, rng: random.Random) -> Example:
             render_user(q, sample.options, TEMPLATE),
             None,
             "",
-            f"<think>The answer is {value}, option {target_letter}.</think><answer>{target_letter}</answer>",
+            f"<think>The answer is:\n{target_letter}. {value}</think><answer>{target_letter}</answer>",
         )
     if kind == "qa":
         return Example(user, sample.image, "", full)

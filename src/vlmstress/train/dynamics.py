@@ -1,0 +1,248 @@
+"""Training dynamics: every `eval_every` steps, evaluate the live policy with the evaluation runner.
+
+The callback wraps the model being trained (no copy, no reload) in an HFModel and runs the same
+`run_eval` as `vlmstress eval` on held-out samples (by default the synthetic `val` split, disjoint
+from the train and test streams; any evaluation Data SPEC can be configured) under the chosen
+variants. Each evaluation keeps its run folder
+(`dynamics/step-NNNNNN/`: records.jsonl, metrics.json, summary.md) and appends one row per variant
+to `dynamics.jsonl`:
+
+  step, seed, variant, n, accuracy, consistency_adjusted_accuracy, mean_entropy, mean_p_correct,
+  mean_completion_tokens, reward, distinct_think_share, followed_misleading, unparsed_rate
+
+`reward` is the training reward (the configured weighted reward functions) of the greedy evaluation
+completions; `distinct_think_share` is the share of distinct think texts the policy wrote, which
+falls when it collapses into one templated reasoning (the paper's shortcut signal; null for variants
+whose prefill is a closed think, where the policy writes none). The
+rows also go to TensorBoard under `dynamics/<variant>/<field>`.
+
+On resume the rows and folders of steps after the checkpoint are dropped: they describe a policy
+the resumed run is about to redo. A run that starts at step 0 starts a fresh log.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from vlmstress.data.schema import Sample
+from vlmstress.perturb import TEMPLATES, NotApplicable, perturb
+
+DYNAMICS_FILE = "dynamics.jsonl"
+FIELDS = (
+    "accuracy",
+    "consistency_adjusted_accuracy",
+    "mean_entropy",
+    "mean_p_correct",
+    "followed_misleading",
+    "unparsed_rate",
+)
+
+
+def distinct_think_share(records: Sequence[dict]) -> float | None:
+    """Distinct think texts / records with a think the policy wrote (whitespace-normalised).
+
+    A think the prompt prefilled and closed (stop_think, wrong_think, correct_think) is not the
+    policy's, so those records do not count; None when no record has a think of the policy's.
+    """
+    thinks = [
+        " ".join(r["think"].split())
+        for r in records
+        if r.get("think") and "</think>" not in (r.get("prefill") or "")
+    ]
+    return len(set(thinks)) / len(thinks) if thinks else None
+
+
+def _json_or_none(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+class DynamicsCallback(TrainerCallback):
+    """Evaluate the policy at step 0 (optional), every `eval_every` steps and at the last step."""
+
+    def __init__(
+        self,
+        processor: Any,
+        samples: Sequence[Sample],
+        *,
+        out: str | Path,
+        seed: int,
+        data_seed: int = 0,
+        data_name: str | None = None,
+        variants: Sequence[str],
+        eval_every: int,
+        judges: Sequence[str] = ("rule",),
+        reward_funcs: Sequence[Callable] = (),
+        reward_weights: Sequence[float] = (),
+        batch_size: int = 16,
+        max_new_tokens: int = 96,
+        template: str = "vlmstress",
+        at_start: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        from vlmstress.models.registry import load_judge
+
+        # seed: the training run's, written into each row; data_seed: the held-out set's (misleading
+        # letters included), shared by every run of a sweep so that their rows compare.
+        self.processor, self.samples, self.out, self.seed = processor, list(samples), Path(out), seed
+        self.data_seed = data_seed
+        self.data_name = data_name or f"synth-val:{len(self.samples)}"
+        self.variants, self.eval_every, self.judge_specs = list(variants), eval_every, list(judges)
+        self.judges = [load_judge(j) for j in judges]
+        self.reward_funcs, self.reward_weights = list(reward_funcs), list(reward_weights)
+        self.batch_size, self.max_new_tokens, self.template = batch_size, max_new_tokens, template
+        self.at_start, self.log = at_start, log
+        self.seconds = 0.0  # wall time spent evaluating, for the eval-share benchmark
+        self._done: set[int] = set()
+        self._writer = None
+
+    @property
+    def path(self) -> Path:
+        return self.out / DYNAMICS_FILE
+
+    # -- trainer events --------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        # A resumed run keeps what it evaluated up to its checkpoint; a fresh one starts a fresh log.
+        self._forget_after(state.global_step if state.global_step > 0 else -1)
+        if self.at_start and state.global_step == 0 and 0 not in self._done:
+            self.evaluate(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and state.global_step % self.eval_every == 0:
+            self.evaluate(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and state.global_step not in self._done:
+            self.evaluate(model, state.global_step)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def evaluate(self, model: Any, step: int) -> list[dict]:
+        """Evaluate `model` now, append its rows to dynamics.jsonl and TensorBoard; returns the rows."""
+        from vlmstress.models.hf import HFModel
+        from vlmstress.runner import RECORDS, RunSpec, read_records, run_eval
+
+        t0 = time.perf_counter()
+        run_dir = self.out / "dynamics" / f"step-{step:06d}"
+        if run_dir.exists():  # left by an interrupted run: those records are of other weights
+            shutil.rmtree(run_dir)
+        was_training = model.training
+        model.eval()
+        try:
+            policy = HFModel(
+                model=model, processor=self.processor, name=f"policy@{step}", device=str(model.device)
+            )
+            spec = RunSpec(
+                model=f"policy@{step}",
+                data=self.data_name,
+                variants=self.variants,
+                judges=self.judge_specs,
+                seed=self.data_seed,
+                batch_size=self.batch_size,
+                max_new_tokens=self.max_new_tokens,
+                template=self.template,
+            )
+            metrics = run_eval(policy, self.samples, spec, run_dir, judges=self.judges, progress=False)
+        finally:
+            model.train(was_training)
+        records = [r for r in read_records(run_dir / RECORDS) if r.get("error") is None]
+        rows = [
+            self._row(step, v, metrics["variants"].get(v, {}), [r for r in records if r["variant"] == v])
+            for v in self.variants
+        ]
+        with self.path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        self._tensorboard(step, rows)
+        self._done.add(step)
+        self.seconds += time.perf_counter() - t0
+        summary = ", ".join(f"{r['variant']} {r['accuracy']:.3f}" for r in rows if r["accuracy"] is not None)
+        self.log(f"dynamics step {step}: accuracy {summary} ({time.perf_counter() - t0:.1f}s)")
+        return rows
+
+    def _row(self, step: int, variant: str, m: dict, records: list[dict]) -> dict:
+        return {
+            "step": step,
+            "seed": self.seed,
+            "variant": variant,
+            "n": m.get("n", len(records)),
+            **{k: m.get(k) for k in FIELDS},
+            "mean_completion_tokens": _mean([r.get("n_tokens") or 0 for r in records]),
+            "reward": self._reward(records),
+            "distinct_think_share": distinct_think_share(records),
+        }
+
+    def _reward(self, records: list[dict]) -> float | None:
+        """Mean training reward of the evaluation completions (the prompts rebuilt as in training)."""
+        if not records or not self.reward_funcs:
+            return None
+        from vlmstress.train.augment import prompt_messages
+        from vlmstress.train.rewards import weighted_total
+
+        by_id = {s.sample_id: s for s in self.samples}
+        prompts, completions, targets, options, questions = [], [], [], [], []
+        for r in records:
+            sample = by_id[r["sample_id"]]
+            try:
+                p = perturb(sample, r["variant"], self.data_seed, TEMPLATES[self.template])
+            except NotApplicable:
+                continue
+            prompts.append(prompt_messages(p))
+            completions.append(r["response"] or "")
+            targets.append(p.target)
+            options.append(list(p.options))
+            questions.append(sample.question)
+        totals = weighted_total(
+            self.reward_funcs,
+            self.reward_weights,
+            prompts,
+            completions,
+            target=targets,
+            options=options,
+            question=questions,
+        )
+        return _mean(totals)
+
+    def _tensorboard(self, step: int, rows: list[dict]) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.out / "runs" / "dynamics"))
+        for row in rows:
+            for key, value in row.items():
+                if key not in ("step", "seed", "variant") and isinstance(value, int | float):
+                    self._writer.add_scalar(f"dynamics/{row['variant']}/{key}", value, step)
+        self._writer.flush()
+
+    def _forget_after(self, step: int) -> None:
+        """Keep the rows (and run folders) of steps <= `step` only: a resumed run redoes the rest."""
+        if self.path.exists():
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            keep = [r for r in map(_json_or_none, lines) if r is not None and r["step"] <= step]
+            if len(keep) != len(lines):  # later steps, or a line torn by a crash
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+                tmp.replace(self.path)
+            self._done = {r["step"] for r in keep}
+        for folder in (self.out / "dynamics").glob("step-*"):
+            if folder.name[5:].isdigit() and int(folder.name[5:]) > step:
+                shutil.rmtree(folder)

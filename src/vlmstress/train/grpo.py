@@ -1,0 +1,313 @@
+"""`vlmstress train grpo`: TRL's GRPOTrainer, configured with our rewards, data, augmentation and
+dynamics callback. Nothing of GRPO itself lives here.
+
+What this module adds around the trainer:
+- the policy from a model SPEC (`tiny`, `tiny:DIR`, `hf:ID_OR_PATH`) with its processor, whose chat
+  template is made prefill-aware (train/augment.py explains why TRL needs that for think prefills);
+- the training rows (train/data.py sources -> train/augment.py prompts) as a `datasets.Dataset`
+  with `prompt` (conversational), `images` and the reward columns;
+- the reward functions and weights (train/rewards.py), passed as `reward_funcs` / `reward_weights`;
+- the dynamics callback (train/dynamics.py);
+- checkpoints every `save_steps` (safetensors weights; optimizer, scheduler and RNG state as the
+  Trainer writes them and reloads them with `weights_only=True`), and automatic resume from the
+  last one in the output folder; the final policy in `out/final`, loadable as `tiny:out/final` or
+  `hf:out/final`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vlmstress.errors import UsageError
+from vlmstress.train.config import GRPORunConfig, load_config
+
+Log = Callable[[str], None]
+
+
+def load_policy(init: str, dtype: str = "auto", *, weights_from: str | None = None) -> tuple[Any, Any]:
+    """(model, processor) of a model SPEC; the processor pads left and continues prefills.
+
+    `weights_from` (a Trainer checkpoint folder) loads the weights from there instead. This is how a
+    run resumes: transformers 5.24's Trainer reloads checkpoint weights with a bare
+    `load_state_dict(strict=False)`, which skips the key conversion Qwen2.5-VL checkpoints need
+    (saved as `model.layers.*`, loaded as `model.language_model.layers.*`) and so silently keeps
+    the initial weights (transformers#43701). `from_pretrained` converts the keys; the Trainer still
+    restores optimizer, scheduler, RNG and step (its missing-keys warning is silenced, train_grpo).
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vlmstress.models.hf import load_processor
+    from vlmstress.models.registry import parse_spec
+    from vlmstress.models.tiny import ASSET_DIR
+    from vlmstress.train.augment import install_prefill_template
+
+    kind, target = parse_spec(init)
+    if kind == "tiny":
+        path = Path(target).expanduser() if target else ASSET_DIR
+        if not (path / "config.json").is_file():
+            hint = "the shipped tiny weights are not installed" if not target else "not a checkpoint folder"
+            raise UsageError(f"init {init!r}: {hint} ({path} has no config.json)")
+        path = str(path)
+    elif kind == "hf":
+        path = target
+    else:
+        raise UsageError(f"init must be tiny, tiny:DIR or hf:ID_OR_PATH, got {init!r}")
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForImageTextToText.from_pretrained(weights_from or path, dtype=torch_dtype)
+    # TRL builds the KL reference model (beta > 0) from this name: it must stay the initial policy.
+    model.config._name_or_path = path
+    processor = load_processor(path)
+    processor.tokenizer.padding_side = "left"
+    return model, install_prefill_template(processor)
+
+
+def reward_functions(cfg: GRPORunConfig) -> tuple[list[Callable], list[float]]:
+    """The configured reward terms as TRL reward functions, and their weights."""
+    from vlmstress.train.rewards import REWARDS, faithful
+
+    judge = None
+    if any(t.faithful for t in cfg.rewards):
+        from vlmstress.models.registry import load_judge
+
+        judge = load_judge(cfg.judge)  # one judge shared by every faithful term
+    funcs = [faithful(REWARDS[t.fn], judge) if t.faithful else REWARDS[t.fn] for t in cfg.rewards]
+    names = [f.__name__ for f in funcs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"rewards: each reward term may appear once (got {', '.join(names)})")
+    return funcs, [t.weight for t in cfg.rewards]
+
+
+# GRPORunConfig fields that are trl.GRPOConfig fields of the same name and meaning.
+_TRL_FIELDS = (
+    "max_steps",
+    "num_generations",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "beta",
+    "loss_type",
+    "scale_rewards",
+    "epsilon",
+    "max_completion_length",
+    "temperature",
+    "bf16",
+    "gradient_checkpointing",
+    "use_vllm",
+    "vllm_mode",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+)
+
+
+def trl_config(cfg: GRPORunConfig, *, seed: int, out: Path, reward_weights: Sequence[float]):
+    """The trl.GRPOConfig of a run; `cfg.trl` entries override or extend ours."""
+    from trl import GRPOConfig
+
+    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    unknown = sorted(set(cfg.trl) - known)
+    if unknown:
+        raise UsageError(f"trl: unknown GRPOConfig field(s) {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {name: getattr(cfg, name) for name in _TRL_FIELDS}
+    if "activation_checkpointing" in known:  # transformers 5 renamed it; the old name only warns
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    kwargs.update(
+        output_dir=str(out),
+        seed=seed,
+        data_seed=seed,
+        reward_weights=list(reward_weights),
+        save_strategy="steps",
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        # fp16 is never on by default here: GRPOConfig turns bf16 on unless told otherwise
+        fp16=False,
+    )
+    kwargs.update(cfg.trl)
+    try:
+        return GRPOConfig(**kwargs)
+    except (ValueError, TypeError) as exc:  # TRL's own consistency checks (batch vs generations, ...)
+        raise UsageError(f"GRPO settings: {' '.join(str(exc).split())}") from None
+
+
+def held_out_samples(cfg: GRPORunConfig) -> list:
+    """What the dynamics callback evaluates: synth's held-out `val` split (disjoint from the train
+    and test streams), or the first `n` samples of any evaluation Data SPEC."""
+    dyn = cfg.dynamics
+    if dyn.data.strip().lower() == "synth":
+        from vlmstress.data import synth
+
+        return synth.generate(dyn.n, seed=cfg.data_seed, split="val")
+    from vlmstress.data.loading import load_data
+
+    samples, _ = load_data(dyn.data, data_dir=dyn.data_dir, limit=dyn.n, seed=cfg.data_seed)
+    return samples
+
+
+def build_trainer(
+    cfg: GRPORunConfig,
+    *,
+    seed: int,
+    out: Path,
+    log: Log = print,
+    callbacks: Sequence = (),
+    resume: str | None = None,
+):
+    """(GRPOTrainer, DynamicsCallback) for one run of `cfg` with training seed `seed`; `resume` is the
+    checkpoint folder the run will resume from (its weights are loaded here, see load_policy)."""
+    from transformers import set_seed
+    from trl import GRPOTrainer
+
+    from vlmstress.train.augment import build_dataset
+    from vlmstress.train.data import load_training_samples
+    from vlmstress.train.dynamics import DynamicsCallback
+
+    # The cheap checks first (TRL's own included), so a bad setting fails before data and weights load.
+    funcs, weights = reward_functions(cfg)
+    args = trl_config(cfg, seed=seed, out=out, reward_weights=weights)
+    set_seed(seed)
+    model, processor = load_policy(cfg.init, cfg.dtype, weights_from=resume)
+    samples = load_training_samples(cfg.data, cfg.data_seed, log=log)
+    dataset = build_dataset(samples, seed, cfg.augment.model_dump(), cfg.template)
+    counts = Counter(dataset["variant"])
+    log(f"{len(dataset)} training prompts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
+    dyn = cfg.dynamics
+    dynamics = DynamicsCallback(
+        processor,
+        held_out_samples(cfg),
+        data_name=dyn.data if dyn.data.strip().lower() != "synth" else None,
+        out=out,
+        seed=seed,
+        data_seed=cfg.data_seed,
+        variants=dyn.variants,
+        eval_every=dyn.eval_every,
+        judges=dyn.judges,
+        reward_funcs=funcs,
+        reward_weights=weights,
+        batch_size=dyn.batch_size,
+        max_new_tokens=dyn.max_new_tokens,
+        template=cfg.template,
+        at_start=dyn.at_start,
+        log=log,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=[dynamics, *callbacks],
+    )
+    return trainer, dynamics
+
+
+class _ResumeKeyWarnings(logging.Filter):
+    """Drops the Trainer's missing/unexpected-keys warnings on resume: it lists every weight of the
+    model (transformers#43701, see load_policy), which load_policy has already loaded correctly."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(
+            ("There were missing keys in the checkpoint", "There were unexpected keys in the checkpoint")
+        )
+
+
+def last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
+def train_grpo(
+    cfg: GRPORunConfig,
+    *,
+    seed: int | None = None,
+    out: str | Path | None = None,
+    log: Log = print,
+    callbacks: Sequence = (),
+) -> Path:
+    """One GRPO run (resumed from the last checkpoint in `out` if any); returns the final folder."""
+    import torch
+
+    from vlmstress.perturb import TEMPLATES, resolve_variants
+
+    seed = cfg.seed if seed is None else seed
+    out = Path(out or cfg.out)
+    if cfg.template not in TEMPLATES:
+        raise UsageError(f"unknown template {cfg.template!r}; known: {', '.join(TEMPLATES)}")
+    resolve_variants(",".join(cfg.dynamics.variants))
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {**cfg.model_dump(), "seed": seed, "seeds": None, "out": str(out)}
+    (out / "grpo_config.json").write_text(json.dumps(resolved, indent=2))
+    resume = last_checkpoint(out) if cfg.resume else None
+    if resume:
+        log(f"resuming from {resume}")
+    trainer, _ = build_trainer(cfg, seed=seed, out=out, log=log, callbacks=callbacks, resume=resume)
+    trainer_log = logging.getLogger("transformers.trainer")
+    quiet = _ResumeKeyWarnings()
+    if resume:
+        trainer_log.addFilter(quiet)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        trainer_log.removeFilter(quiet)
+    final = save_policy(trainer.model, trainer.processing_class, out / "final")
+    log(f"final policy in {final}; dynamics in {out / 'dynamics.jsonl'}")
+    return final
+
+
+def save_policy(model: Any, processor: Any, out: Path) -> Path:
+    """The policy as a checkpoint folder that loads as `tiny:DIR` / `hf:DIR`: safetensors weights and
+    the processor. Without a video processor (no torchvision) it is saved as its parts, tokenizer and
+    image processor, since a saved processor_config.json then names a video processor that cannot
+    be loaded back; with one, whole."""
+    model.save_pretrained(out)
+    if getattr(processor, "video_processor", None) is not None:
+        processor.save_pretrained(out)
+    else:
+        processor.tokenizer.save_pretrained(out)
+        processor.image_processor.save_pretrained(out)
+    return out
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """`--seeds 0,1,2` -> [0, 1, 2]; a UsageError for anything else."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be whole numbers separated by commas, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds needs distinct seeds, got {text!r}")
+    return seeds
+
+
+def run_grpo_command(args) -> int:
+    """`vlmstress train grpo --config F [--max-steps N] [--seed S | --seeds 0,1,2] [--out DIR]`.
+
+    Seeds: `--seeds` runs a sweep; else `--seed` runs that one seed; else the config's `seeds` list
+    (a sweep) or its `seed`. A sweep writes one run per seed to OUT/seed-S.
+    """
+    cfg = load_config(args.config, GRPORunConfig, max_steps=args.max_steps, seed=args.seed, out=args.out)
+    assert isinstance(cfg, GRPORunConfig)
+    seeds = parse_seeds(getattr(args, "seeds", None))
+    if seeds is None and args.seed is None:
+        seeds = cfg.seeds
+    if not seeds:
+        final = train_grpo(cfg)
+        print(f"GRPO policy written to {final} (evaluate it with --model tiny:{final})")
+        return 0
+    for s in seeds:
+        train_grpo(cfg, seed=s, out=Path(cfg.out) / f"seed-{s}")
+    print(f"GRPO sweep over seeds {', '.join(map(str, seeds))} written to {cfg.out}/seed-*")
+    return 0

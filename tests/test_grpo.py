@@ -1,0 +1,264 @@
+"""GRPO end to end on a test-size tiny Qwen2.5-VL: weights move, dynamics rows, prefills, resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from vlmstress.errors import UsageError
+from vlmstress.train.config import GRPORunConfig, load_config
+from vlmstress.train.dynamics import DYNAMICS_FILE
+from vlmstress.train.grpo import parse_seeds, run_grpo_command, train_grpo, trl_config
+
+ROW_FIELDS = {
+    "step",
+    "seed",
+    "variant",
+    "accuracy",
+    "consistency_adjusted_accuracy",
+    "mean_entropy",
+    "mean_p_correct",
+    "mean_completion_tokens",
+    "reward",
+    "distinct_think_share",
+}
+VARIANTS = ["base", "wrong_think"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The machine's cores are shared; one thread is also the fastest for a model this small.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """A test-size tiny model after a few dozen SFT steps: enough to write the answer format, so GRPO's
+    rewards vary within a group and the policy gradient is not zero (a random model earns nothing)."""
+    from vlmstress.data import synth
+    from vlmstress.models import tiny
+    from vlmstress.train.sft import Batcher, corpus, make_example
+
+    tokenizer = tiny.build_tokenizer(corpus(n=40))
+    processor = tiny.build_processor(tokenizer)
+    model = tiny.new_model(tokenizer, size="test", seed=0)
+    pool, rng = synth.generate(60, seed=0, split="train"), random.Random(0)
+    batcher, opt = Batcher(processor), torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        batch = batcher([make_example(rng.choice(["qa", "think"]), rng.choice(pool), rng) for _ in range(16)])
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = tmp_path_factory.mktemp("policy")
+    tiny.save(model.eval(), processor, out)
+    return out
+
+
+def config(policy_dir, tmp_path, **overrides) -> GRPORunConfig:
+    raw = {
+        "init": f"tiny:{policy_dir}",
+        "out": str(tmp_path / "run"),
+        "torch_threads": 1,
+        "data": [{"source": "synth", "n": 32}],
+        "max_steps": 4,
+        "num_generations": 4,
+        "per_device_train_batch_size": 8,
+        "max_completion_length": 32,
+        "learning_rate": 1e-3,
+        "temperature": 1.5,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "dynamics": {"eval_every": 2, "n": 5, "variants": VARIANTS, "max_new_tokens": 32},
+        **overrides,
+    }
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path, GRPORunConfig)
+
+
+def rows_of(out):
+    return [json.loads(line) for line in (out / DYNAMICS_FILE).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(policy_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    cfg = config(policy_dir, tmp)
+    final = train_grpo(cfg, out=tmp / "run", log=lambda _: None)
+    return cfg, tmp / "run", final
+
+
+def test_short_run_moves_the_weights_and_writes_dynamics(policy_dir, full_run):
+    _, out, final = full_run
+    before, after = load_file(policy_dir / "model.safetensors"), load_file(final / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rows = rows_of(out)
+    assert [(r["step"], r["variant"]) for r in rows] == [(s, v) for s in (0, 2, 4) for v in VARIANTS]
+    for r in rows:
+        assert r.keys() >= ROW_FIELDS and r["seed"] == 0
+        assert 0 <= r["accuracy"] <= 1 and r["reward"] >= 0 and r["mean_completion_tokens"] > 0
+        if r["variant"] == "base":
+            assert all(r[k] is not None for k in ROW_FIELDS), r
+            assert 0 < r["distinct_think_share"] <= 1
+        else:  # wrong_think: the think is the prefill's, not the policy's
+            assert r["distinct_think_share"] is None and r["followed_misleading"] is not None
+    # each evaluation kept its runner folder; TensorBoard has the dynamics scalars
+    assert (out / "dynamics" / "step-000004" / "records.jsonl").is_file()
+    assert list((out / "runs" / "dynamics").glob("events.out.tfevents.*"))
+    # checkpoints hold safetensors weights; the final folder loads as a tiny:DIR model
+    assert (out / "checkpoint-4" / "model.safetensors").is_file()
+    from vlmstress.models.tiny import load_tiny
+
+    assert load_tiny(final).generate  # loads without error
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt:
+    """Stops training abruptly at a step, as a kill would (after checkpoint-2 was written)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
+        return lambda *a, **k: None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Interrupt
+
+
+def test_resume_after_interruption(policy_dir, full_run, tmp_path):
+    cfg = config(policy_dir, tmp_path)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupt):
+        train_grpo(cfg, out=out, log=lambda _: None, callbacks=[InterruptAt(3)])
+    assert (out / "checkpoint-2").is_dir() and not (out / "final").exists()
+    logged = []
+    final = train_grpo(cfg, out=out, log=logged.append)
+    assert any("resuming from" in line and line.endswith("checkpoint-2") for line in logged)
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    # no step is reported twice, none is missing
+    assert [(r["step"], r["variant"]) for r in rows_of(out)] == [(s, v) for s in (0, 2, 4) for v in VARIANTS]
+    # the resumed run ends where the uninterrupted one did (same seed: RNG state is restored)
+    uninterrupted = load_file(full_run[2] / "model.safetensors")
+    resumed = load_file(final / "model.safetensors")
+    assert all(torch.allclose(uninterrupted[k], resumed[k], atol=1e-6) for k in resumed)
+
+
+def test_think_prefills_are_continued_by_trl(policy_dir, tmp_path, monkeypatch):
+    """Every prompt prefilled with its correct think: the policy must continue the prefilled turn
+    (the warm policy then writes `<answer>X</answer>`), not open a fresh one after it, and the format
+    reward must read the prefill and the completion as one turn."""
+    from vlmstress.train import rewards
+
+    seen = []
+
+    def recording_format_reward(prompts, completions, **columns):
+        if "sample_id" in columns:  # training batches (the dynamics evaluation calls it too)
+            seen.extend(zip(prompts, completions, strict=True))
+        return rewards.format_reward(prompts, completions, **columns)
+
+    recording_format_reward.__name__ = "format_reward"
+    monkeypatch.setitem(rewards.REWARDS, "format", recording_format_reward)
+    only_think = {"correct_think": 1.0, "wrong_think": 0.0, "correct_caption": 0.0, "wrong_caption": 0.0}
+    cfg = config(
+        policy_dir,
+        tmp_path,
+        max_steps=1,
+        temperature=1.0,
+        augment=only_think,
+        dynamics={"at_start": False, "eval_every": 100, "n": 2, "variants": ["base"]},
+    )
+    train_grpo(cfg, out=tmp_path / "run", log=lambda _: None)
+    assert len(seen) == 8
+    assert all(rewards.prefill_text(p).startswith("<think>") for p, _ in seen)
+    continued = [rewards.completion_text(c).startswith("<answer>") for _, c in seen]
+    assert sum(continued) >= 4
+    # a bare answer after the prefilled think is a whole, well-formed turn
+    bare = [(p, c) for p, c in seen if re.fullmatch(r"<answer>[A-D]</answer>", rewards.completion_text(c))]
+    assert bare and rewards.format_reward(*zip(*bare, strict=True)) == [1.0] * len(bare)
+
+
+def test_config_errors(policy_dir, tmp_path):
+    with pytest.raises(UsageError, match="learning_rat: Extra inputs"):
+        config(policy_dir, tmp_path, learning_rat=1.0)
+    with pytest.raises(UsageError, match="augment"):
+        config(policy_dir, tmp_path, augment={"wrong_think": 0.9, "wrong_caption": 0.9})
+    with pytest.raises(UsageError, match="unknown GRPOConfig"):
+        trl_config(
+            config(policy_dir, tmp_path, trl={"no_such_field": 1}), seed=0, out=tmp_path, reward_weights=[1]
+        )
+    with pytest.raises(UsageError, match="num_generations"):
+        trl_config(config(policy_dir, tmp_path, num_generations=3), seed=0, out=tmp_path, reward_weights=[1])
+    with pytest.raises(UsageError, match="tiny weights|config.json"):
+        train_grpo(config(policy_dir, tmp_path, init=f"tiny:{tmp_path}"))
+
+
+def test_seeds(policy_dir, tmp_path):
+    assert parse_seeds("0, 1,2") == [0, 1, 2] and parse_seeds(None) is None
+    for bad in ("1,x", "1,1", ","):
+        with pytest.raises(UsageError):
+            parse_seeds(bad)
+    config(policy_dir, tmp_path, max_steps=1, dynamics={"at_start": False, "n": 2, "variants": ["base"]})
+    args = argparse.Namespace(
+        config=str(tmp_path / "grpo.yaml"),
+        max_steps=None,
+        seed=None,
+        out=str(tmp_path / "sweep"),
+        seeds="3,4",
+    )
+    assert run_grpo_command(args) == 0
+    for s in (3, 4):
+        (row,) = rows_of(tmp_path / "sweep" / f"seed-{s}")
+        assert (row["step"], row["seed"]) == (1, s)
+
+
+def test_distinct_think_share_counts_the_policys_thinks():
+    from vlmstress.train.dynamics import distinct_think_share
+
+    rows = [
+        {"think": "a  b", "prefill": ""},
+        {"think": "a b", "prefill": ""},
+        {"think": "c", "prefill": "<think>"},
+    ]
+    assert distinct_think_share(rows) == pytest.approx(2 / 3)
+    assert distinct_think_share([{"think": "x", "prefill": "<think>x</think>"}, {"think": None}]) is None
+
+
+def test_dynamics_log_on_resume_and_on_a_fresh_start(tmp_path):
+    from types import SimpleNamespace
+
+    from vlmstress.train.dynamics import DynamicsCallback
+
+    def lay_out():
+        lines = [json.dumps({"step": s, "variant": "base"}) for s in (0, 2, 4)]
+        (tmp_path / DYNAMICS_FILE).write_text("\n".join(lines) + '\n{"step": 6, "vari')  # torn by a kill
+        for s in (2, 4):
+            (tmp_path / "dynamics" / f"step-{s:06d}").mkdir(parents=True, exist_ok=True)
+
+    callback = DynamicsCallback(
+        None, [], out=tmp_path, seed=0, variants=["base"], eval_every=2, at_start=False
+    )
+    lay_out()
+    callback.on_train_begin(None, SimpleNamespace(global_step=2, is_world_process_zero=True), None)
+    assert [r["step"] for r in rows_of(tmp_path)] == [0, 2]
+    assert sorted(p.name for p in (tmp_path / "dynamics").iterdir()) == ["step-000002"]
+    lay_out()
+    callback.on_train_begin(None, SimpleNamespace(global_step=0, is_world_process_zero=True), None)
+    assert rows_of(tmp_path) == [] and not list((tmp_path / "dynamics").iterdir())
