@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--template", default="vlmstress", help="prompt template: vlmstress, mmbench, mme-realworld"
     )
     e.add_argument("--out", default=None, help="run directory (default runs/<model>-<data>)")
+    e.add_argument(
+        "--model-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option, repeatable (e.g. dtype=bfloat16, device=cuda, tensor_parallel_size=2)",
+    )
 
     t = sub.add_parser("train", help="SFT or GRPO training")
     t.add_argument("kind", choices=["sft", "grpo"])
@@ -57,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=_positive, default=None)
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--out", default=None)
+    t.add_argument(
+        "--seeds", default=None, help="comma-separated seeds: one GRPO run per seed under OUT/seed-S"
+    )
 
     r = sub.add_parser("report", help="tables, plots and an HTML report of one or more runs")
     r.add_argument("dirs", nargs="+")
@@ -105,7 +115,7 @@ def cmd_eval(args) -> int:
         check_same_run(out, spec)
         # API backends cache every request under the run, so a rerun (or resume) sends nothing twice.
         judges = [load_judge(j, **_api_options(j, out)) for j in args.judge]
-        model = load_model(args.model, **_api_options(args.model, out))
+        model = load_model(args.model, **_api_options(args.model, out), **_model_options(args.model_opt))
         metrics = run_eval(model, samples, spec, out, judges=judges, locked=True)
     _print_summary(out, metrics)
     return 0
@@ -113,6 +123,19 @@ def cmd_eval(args) -> int:
 
 def _api_options(spec: str, out: Path) -> dict:
     return {"cache_dir": str(out / "cache")} if spec.startswith("openai:") else {}
+
+
+def _model_options(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs; values read as YAML scalars (2 -> int, true -> bool), never evaluated."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--model-opt takes KEY=VALUE, got {pair!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
 
 
 def cmd_demo(args) -> int:

@@ -194,6 +194,8 @@ def make_record(sample: Sample, prompt: Prompt, gen: Generation, verdicts: list[
     }
     if len(verdicts) > 1:
         record["judges"] = [v.to_json() for v in verdicts]
+    if gen.meta:  # how the backend answered, e.g. the openai backend's prefill mode
+        record["meta"] = gen.meta
     return record
 
 

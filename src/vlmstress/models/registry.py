@@ -56,11 +56,11 @@ def load_model(spec: str, **options: Any) -> VLM:
     if kind == "tiny":
         from vlmstress.models.tiny import load_tiny
 
-        return load_tiny(target, **options)
+        return _with_options(load_tiny, target, options)
     if kind == "hf":
         from vlmstress.models.hf import HFModel
 
-        return HFModel.from_pretrained(target, **options)
+        return _with_options(HFModel.from_pretrained, target, options)
     if kind == "vllm":
         return _load_vllm(target, **options)
     if kind == "openai":
@@ -77,6 +77,13 @@ def load_model(spec: str, **options: Any) -> VLM:
     if options:
         raise UsageError(f"replay models take no options (got {', '.join(sorted(options))})")
     return ReplayModel(target)
+
+
+def _with_options(load, target: str | None, options: dict[str, Any]):
+    try:
+        return load(target, **options)
+    except TypeError as exc:  # an option the backend does not take
+        raise UsageError(f"model options: {exc}") from None
 
 
 # Timeouts and retries of `openai:` backends, settable without code (the command line has no flag

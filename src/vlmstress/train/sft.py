@@ -242,9 +242,8 @@ def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
     groups = param_groups(model, cfg)
     base_lrs = [g["lr"] for g in groups]
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    log(
-        f"tiny model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(tokenizer)} tokens"
-    )
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"tiny model: {n_params / 1e6:.2f}M parameters, {len(tokenizer)} tokens")
     t0 = time.time()
     if cfg.vision_pretrain_steps:
         pretrain_vision(model, processor, pool, cfg, rng, log)
