@@ -150,6 +150,9 @@ def cmd_demo(args) -> int:
     out = Path(args.out) / "tiny-synth"
     metrics = run_eval(load_tiny(), samples, spec, out, judges=[RuleJudge()])
     _print_summary(out, metrics)
+    from vlmstress.report import build_report
+
+    print(f"HTML report: {build_report([out])}")
     return 0
 
 
