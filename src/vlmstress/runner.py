@@ -274,6 +274,9 @@ def run_eval(
             records, model=spec.model, data=spec.data, n_samples=len(samples), seed=spec.seed
         )
         metrics["families"] = family_accuracy(records)
+        official = official_scores(spec.data, samples, records)
+        if official:
+            metrics["official"] = official
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         write_atomic(out / "summary.md", summary_markdown(metrics))
     return metrics
@@ -361,3 +364,18 @@ def family_accuracy(records: list[dict]) -> dict[str, dict[str, dict]]:
             "most_common_letter_baseline": max(targets.values()) / len(rs) if targets else None,
         }
     return dict(out)
+
+
+def official_scores(data: str, samples: Sequence[Sample], records: list[dict]) -> dict[str, dict] | None:
+    """Per variant, a benchmark's official aggregate (CV-Bench's source-weighted mean, MMStar's
+    category mean, MMBench / 3DSRBench circular scores) beside the plain accuracy."""
+    from vlmstress.data.benchmarks import BENCHMARKS, aggregate
+
+    if data not in BENCHMARKS:
+        return None
+    meta = {s.sample_id: s.meta for s in samples}
+    by_variant: dict[str, list] = {}
+    for r in records:
+        if r.get("error") is None and r["sample_id"] in meta:
+            by_variant.setdefault(r["variant"], []).append((meta[r["sample_id"]], bool(r["correct"])))
+    return {variant: aggregate(data, pairs) for variant, pairs in by_variant.items()}
