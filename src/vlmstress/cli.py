@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="backend option, repeatable (e.g. dtype=bfloat16, device=cuda, tensor_parallel_size=2)",
     )
+    e.add_argument("--dry-run", action="store_true", help="print requests, tokens and cost; run nothing")
+    e.add_argument("--price-in", type=float, default=None, help="with --dry-run: price per 1M prompt tokens")
+    e.add_argument(
+        "--price-out", type=float, default=None, help="with --dry-run: price per 1M generated tokens"
+    )
+    e.add_argument("--image-tokens", type=int, default=1200, help="with --dry-run: tokens per image")
 
     t = sub.add_parser("train", help="SFT or GRPO training")
     t.add_argument("kind", choices=["sft", "grpo"])
@@ -97,6 +104,25 @@ def cmd_eval(args) -> int:
     model_name = redact_spec(args.model)
     out = Path(args.out or f"runs/{_slug(model_name)}-{_slug(args.data)}")
     samples, data_name = load_data(args.data, data_dir=args.data_dir, limit=args.limit, seed=args.seed)
+    if args.dry_run:
+        from vlmstress.models.registry import parse_spec
+        from vlmstress.plan import plan_run
+
+        parse_spec(args.model)  # a bad SPEC is still a usage error
+        llm_judges = sum(j != "rule" for j in args.judge)
+        plan = plan_run(
+            samples,
+            variants,
+            seed=args.seed,
+            template=args.template,
+            max_new_tokens=args.max_new_tokens,
+            llm_judges=llm_judges,
+            image_tokens=args.image_tokens,
+            price_in=args.price_in,
+            price_out=args.price_out,
+        )
+        print(json.dumps({"model": model_name, "data": data_name, **plan.to_json()}, indent=2))
+        return 0
     spec = RunSpec(
         model=model_name,
         data=data_name,

@@ -1,0 +1,36 @@
+from vlmstress.cli import main
+from vlmstress.data import synth
+from vlmstress.plan import plan_run
+
+
+def test_plan_counts_requests_and_prices():
+    samples = synth.generate(10)
+    plan = plan_run(
+        samples,
+        ["base", "wrong_think"],
+        seed=0,
+        template="vlmstress",
+        max_new_tokens=100,
+        llm_judges=1,
+        image_tokens=50,
+        price_in=1.0,
+        price_out=2.0,
+    )
+    assert plan.model_requests == 20 and plan.judge_requests == 20
+    assert plan.max_generated_tokens == 20 * 100 + 20 * 64
+    # images: 20 x 50; judge completions read: 20 x 100; text on top of both
+    assert plan.prompt_tokens > 20 * 50 + 20 * 100
+    assert plan.cost == round((plan.prompt_tokens * 1.0 + plan.max_generated_tokens * 2.0) / 1e6, 4)
+    assert (
+        plan_run(samples, ["base"], seed=0, template="vlmstress", max_new_tokens=8, llm_judges=0).cost is None
+    )
+
+
+def test_dry_run_loads_no_model_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        ["eval", "--model", "hf:/nonexistent/checkpoint", "--data", "synth:4", "--dry-run", "--out", str(out)]
+    )
+    assert code == 0
+    assert '"model_requests": 36' in capsys.readouterr().out
+    assert not out.exists()
