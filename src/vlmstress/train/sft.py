@@ -280,3 +280,25 @@ def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
         json.dumps({"config": cfg.model_dump(), "history": history}, indent=1)
     )
     return out
+
+
+def synth_accuracy(model, processor, n: int = 200, seed: int = 0) -> dict[str, float]:
+    """Clean (base) accuracy on the synth test split, overall and per family: the training log's check."""
+    from collections import Counter
+
+    from vlmstress.models.hf import HFModel
+    from vlmstress.parse import parse
+    from vlmstress.perturb import perturb
+
+    vlm = HFModel(model=model, processor=processor, name="sft")
+    samples = synth.generate(n, seed=seed, split="test")
+    right, total = Counter(), Counter()
+    for start in range(0, n, 50):
+        chunk = samples[start : start + 50]
+        prompts = [perturb(s, "base", seed) for s in chunk]
+        for s, p, g in zip(chunk, prompts, vlm.generate(prompts, max_new_tokens=48)):
+            total[s.family] += 1
+            right[s.family] += parse(g.text, p.options).answer == s.target
+    acc = {f: round(right[f] / total[f], 3) for f in total}
+    acc["all"] = round(sum(right.values()) / n, 3)
+    return acc
