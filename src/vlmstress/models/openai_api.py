@@ -459,5 +459,3 @@ def _status_message(exc: openai.APIStatusError) -> str:
         if message:
             return str(message)[:300]
     return str(exc.message)[:300]
-
-
