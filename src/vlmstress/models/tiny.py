@@ -185,19 +185,6 @@ def new_model(tokenizer: PreTrainedTokenizerFast, size: str = "default", seed: i
     return Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, size))
 
 
-def load_processor(path: str | Path) -> PilQwenProcessor:
-    """Tokenizer + PIL image processor from a checkpoint folder, no torchvision needed."""
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path), padding_side="left")
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return PilQwenProcessor(
-        image_processor=Qwen2VLImageProcessorPil.from_pretrained(str(path)),
-        tokenizer=tokenizer,
-        video_processor=None,
-        chat_template=tokenizer.chat_template,
-    )
-
-
 def save(model, processor: PilQwenProcessor, out: str | Path) -> None:
     """A complete checkpoint folder: config, safetensors weights, tokenizer, image processor."""
     out = Path(out)
