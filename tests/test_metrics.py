@@ -377,3 +377,26 @@ def test_summary_markdown_of_real_metrics_with_judges() -> None:
     text = summary_markdown(metrics)
     assert "| wrong_think | 6 (1 error) |" in text
     assert "Fleiss' kappa, 2 judges): 0.619" in text
+
+
+def test_brier_does_not_depend_on_the_hash_seed():
+    # Float sums depend on their order; a set of letters iterates in PYTHONHASHSEED order, so two
+    # processes once wrote different last digits into metrics.json from identical records.
+    import subprocess
+    import sys
+
+    code = (
+        "from vlmstress.metrics import _brier;"
+        "print(repr(_brier([({'A': 0.1, 'B': 0.2, 'C': 0.3000001, 'D': 0.3999999}, 'C')] * 3)))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(6)
+    }
+    assert len(outs) == 1, outs

@@ -125,7 +125,8 @@ def _brier(scored: Sequence[tuple[dict[str, float], str]]) -> float | None:
         return None
     return _mean(
         [
-            sum((probs.get(ltr, 0.0) - (ltr == target)) ** 2 for ltr in {*probs, target})
+            # sorted: a set of strings iterates in hash-seed order, and float sums depend on order
+            sum((probs.get(ltr, 0.0) - (ltr == target)) ** 2 for ltr in sorted({*probs, target}))
             for probs, target in scored
         ]
     )
