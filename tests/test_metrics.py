@@ -382,6 +382,7 @@ def test_summary_markdown_of_real_metrics_with_judges() -> None:
 def test_brier_does_not_depend_on_the_hash_seed():
     # Float sums depend on their order; a set of letters iterates in PYTHONHASHSEED order, so two
     # processes once wrote different last digits into metrics.json from identical records.
+    import os
     import subprocess
     import sys
 
@@ -392,7 +393,7 @@ def test_brier_does_not_depend_on_the_hash_seed():
     outs = {
         subprocess.run(
             [sys.executable, "-c", code],
-            env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)},
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
             capture_output=True,
             text=True,
             check=True,
