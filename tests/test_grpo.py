@@ -124,6 +124,28 @@ def test_short_run_moves_the_weights_and_writes_dynamics(policy_dir, full_run):
     assert load_tiny(final).generate  # loads without error
 
 
+def test_sliced_weights_are_evaluated_from_a_saved_whole_copy(policy_dir, full_run, tmp_path, monkeypatch):
+    """Under ZeRO-3 / FSDP no process holds the whole policy: every process helps save it whole and
+    the main one evaluates that copy, and the final policy is saved from the gathered weights. Faked
+    here in one process (weights_sharded says yes): the rows and the final weights must equal those
+    of the run that evaluated the live policy, and no copy is left behind."""
+    from vlmstress.train import grpo
+
+    asked = []
+    monkeypatch.setattr(grpo, "weights_sharded", lambda accelerator: asked.append(accelerator) or True)
+    saved = []
+    real_save = grpo.save_policy
+    monkeypatch.setattr(grpo, "save_policy", lambda *a, **k: saved.append(k) or real_save(*a, **k))
+    out = tmp_path / "run"
+    final = train_grpo(config(policy_dir, tmp_path), out=out, log=lambda _: None)
+    assert len(asked) == 4  # the evaluations at steps 0, 2, 4 and the final save
+    assert saved and saved[0]["state_dict"] is not None
+    assert rows_of(out) == rows_of(full_run[1])
+    assert sorted(p.name for p in (out / "dynamics").iterdir()) == [f"step-{s:06d}" for s in (0, 2, 4)]
+    live, copy = load_file(full_run[2] / "model.safetensors"), load_file(final / "model.safetensors")
+    assert all(torch.equal(live[k], copy[k]) for k in live)
+
+
 class Interrupt(Exception):
     pass
 

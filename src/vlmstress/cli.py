@@ -135,6 +135,22 @@ def cmd_eval(args) -> int:
         template=args.template,
         data_dir=args.data_dir,
     )
+    from vlmstress import shard
+
+    if shard.world_size_from_env() > 1:  # one rank of a torchrun / accelerate launch run
+        metrics = shard.run_distributed(
+            lambda: (
+                load_model(args.model, **_api_options(args.model, out), **_model_options(args.model_opt)),
+                [load_judge(j, **_api_options(j, out)) for j in args.judge],
+            ),
+            samples,
+            spec,
+            out,
+        )
+        if metrics is None:  # not rank 0: rank 0 merges the shards and reports (or says why not)
+            return 0
+        _print_summary(out, metrics)
+        return 0
     # The lock (and a resume's config check) come before the model loads: a second process on this
     # --out, or a rerun of another config, is refused at once, not after minutes of loading weights.
     with run_lock(out):

@@ -8,7 +8,7 @@ that batch whole, with the same prompts batched together, and so writes the same
 uninterrupted run would (batch composition changes padding, and padding changes the floats).
 A lock file keeps a second live process from interleaving records into the same directory, and a
 rerun whose model, data, seed, template, token budget or judges differ from the log's is refused.
-See docs/reliability.md.
+See docs/reliability.md. Several processes share one run through shard.py (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ def _fsync_dir(path: Path) -> None:
 @contextmanager
 def run_lock(out: Path) -> Iterator[None]:
     """Hold `out` for this process (flock, so the kernel releases it when the holder dies, however it
-    dies). A UsageError when another process holds it; nesting in one process is refused the same way."""
+    dies). A UsageError when another process holds it, or still writes a shard there (a rank of a
+    sharded run that outlived its rank 0, shard.py); nesting in one process is refused the same way."""
+    from vlmstress.shard import check_no_live_shard_writers  # here: shard.py builds on this module
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / ".lock").open("w") as f:
@@ -93,6 +96,7 @@ def run_lock(out: Path) -> Iterator[None]:
                 f"another vlmstress process is writing to {out}; wait for it or use another --out"
             ) from None
         try:
+            check_no_live_shard_writers(out)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -126,11 +130,17 @@ def read_records(path: Path, *, repair: bool = False) -> list[dict]:
     return records
 
 
+def commit_path(log: Path) -> Path:
+    """The commit file of a log: `.records.commit` beside records.jsonl (COMMIT), and likewise
+    `.records.rank0-of2.commit` beside a shard of a sharded run (shard.py)."""
+    return log.with_name(f".{log.stem}.commit")
+
+
 def _committed_length(log: Path, data: bytes) -> int:
     """The log length of the last committed batch; len(data) when there is no usable commit (a log
     written before commits existed, or by hand), so only the torn-line rule applies."""
     try:
-        commit = json.loads((log.parent / COMMIT).read_text())
+        commit = json.loads(commit_path(log).read_text())
         size, lines = int(commit["bytes"]), int(commit["lines"])
     except (OSError, ValueError, KeyError, TypeError):
         return len(data)
@@ -257,9 +267,13 @@ def run_eval(
     out = Path(out)
     with nullcontext() if locked else run_lock(out):
         check_same_run(out, spec)
-        for name in RUN_FILES:  # temp files of a process killed inside write_atomic
-            for stale in out.glob(f".{name}.tmp[0-9]*"):
-                stale.unlink(missing_ok=True)
+        from vlmstress import shard  # imported here: shard.py builds on this module
+
+        if shard.shard_files(out):  # left by a sharded run: resume it here, then merge its shards
+            return shard.run_rank(
+                model, samples, spec, out, judges=judges, progress=progress, on_batch=on_batch
+            )
+        remove_stale_temps(out)
         path = out / RECORDS
         done = {(r["sample_id"], r["variant"]) for r in read_records(path, repair=True)}
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
@@ -267,18 +281,31 @@ def run_eval(
         with _Log(path) as log:
             log.append(errors)
             _generate_all(model, todo, spec, judges, log, progress, on_batch)
-        # The metrics describe this command: records a wider earlier run left in the log stay there.
-        wanted = {(s.sample_id, v) for s in samples for v in spec.variants}
-        records = [r for r in read_records(path) if (r["sample_id"], r["variant"]) in wanted]
-        metrics = compute_metrics(
-            records, model=spec.model, data=spec.data, n_samples=len(samples), seed=spec.seed
-        )
-        metrics["families"] = family_accuracy(records)
-        official = official_scores(spec.data, samples, records)
-        if official:
-            metrics["official"] = official
-        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
-        write_atomic(out / "summary.md", summary_markdown(metrics))
+        return finish_run(samples, spec, out)
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Temp files of a process killed inside write_atomic."""
+    for name in RUN_FILES:
+        for stale in out.glob(f".{name}.tmp[0-9]*"):
+            stale.unlink(missing_ok=True)
+
+
+def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
+    """metrics.json and summary.md from the finished records.jsonl; returns the metrics."""
+    path = out / RECORDS
+    # The metrics describe this command: records a wider earlier run left in the log stay there.
+    wanted = {(s.sample_id, v) for s in samples for v in spec.variants}
+    records = [r for r in read_records(path) if (r["sample_id"], r["variant"]) in wanted]
+    metrics = compute_metrics(
+        records, model=spec.model, data=spec.data, n_samples=len(samples), seed=spec.seed
+    )
+    metrics["families"] = family_accuracy(records)
+    official = official_scores(spec.data, samples, records)
+    if official:
+        metrics["official"] = official
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_atomic(out / "summary.md", summary_markdown(metrics))
     return metrics
 
 
@@ -288,7 +315,7 @@ def check_same_run(out: Path, spec: RunSpec) -> None:
         before = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
         return
-    if not isinstance(before, dict) or not (out / RECORDS).exists() or not (out / RECORDS).stat().st_size:
+    if not isinstance(before, dict) or not _has_records(out):
         return
     changed = [k for k in IDENTITY if k in before and before[k] != getattr(spec, k)]
     if changed:
@@ -298,9 +325,16 @@ def check_same_run(out: Path, spec: RunSpec) -> None:
         )
 
 
+def _has_records(out: Path) -> bool:
+    """Whether `out` holds records: in records.jsonl, or in the shards of a sharded run."""
+    from vlmstress.shard import shard_files
+
+    return any(p.exists() and p.stat().st_size for p in (out / RECORDS, *shard_files(out)))
+
+
 class _Log:
-    """records.jsonl opened for appending. Each `append` is one batch: written, fsynced, and then
-    committed to COMMIT, so a resume can cut off a batch that was only partly written."""
+    """records.jsonl (or a shard) opened for appending. Each `append` is one batch: written, fsynced,
+    and then committed to its commit file, so a resume can cut off a batch only partly written."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -325,7 +359,7 @@ class _Log:
         self.file.flush()
         os.fsync(self.file.fileno())
         size = os.fstat(self.file.fileno()).st_size
-        write_atomic(self.path.parent / COMMIT, json.dumps({"bytes": size, "lines": self.lines}))
+        write_atomic(commit_path(self.path), json.dumps({"bytes": size, "lines": self.lines}))
 
 
 def _generate_all(model, todo, spec, judges, log: _Log, progress, on_batch) -> None:

@@ -158,9 +158,44 @@ class GRPORunConfig(Strict):
     temperature: float = Field(default=1.0, gt=0)
     bf16: bool = False
     gradient_checkpointing: bool = False
-    use_vllm: bool = False
-    vllm_mode: Literal["colocate", "server"] = "colocate"
     save_steps: int = Field(default=250, gt=0)
     save_total_limit: int | None = Field(default=2, gt=0)
     logging_steps: int = Field(default=10, gt=0)
+
+    # Generation with vLLM (`pip install -e ".[vllm]"`; GRPOConfig's names and defaults): `colocate`
+    # runs a vLLM engine inside each training process, on its GPU; `server` sends the prompts to a
+    # separate server (`trl vllm-serve`, docs/scaling.md) and pushes the new weights to it each step.
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_model_impl: Literal["vllm", "transformers"] = "vllm"
+    vllm_max_model_length: int | None = Field(default=None, gt=0)  # None: the model config's
+    # colocate only (a server takes these on its own command line)
+    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    vllm_tensor_parallel_size: int = Field(default=1, ge=1)
+    vllm_enable_sleep_mode: bool = False  # free vLLM's weights and cache during the optimizer step
+    # server only; a base URL wins over host and port
+    vllm_server_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
+    vllm_server_host: str = Field(default="0.0.0.0", min_length=1)
+    vllm_server_port: int = Field(default=8000, ge=1, le=65535)
+    vllm_server_timeout: float = Field(default=240.0, gt=0)  # seconds to wait for the server to be up
+    vllm_group_port: int = Field(default=51216, ge=1, le=65535)  # the weight-update group's port
+
     trl: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _vllm_settings_fit_the_mode(self) -> GRPORunConfig:
+        # TRL ignores the other mode's settings without a word; one set here is a config mistake
+        # (e.g. a server's memory share belongs on the server's command line).
+        ignored = VLLM_SERVER_ONLY if self.vllm_mode == "colocate" else VLLM_COLOCATE_ONLY
+        wrong = sorted(ignored & self.model_fields_set)
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} has no effect with vllm_mode {self.vllm_mode}")
+        return self
+
+
+VLLM_COLOCATE_ONLY = frozenset(
+    {"vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_enable_sleep_mode"}
+)
+VLLM_SERVER_ONLY = frozenset(
+    {"vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout", "vllm_group_port"}
+)

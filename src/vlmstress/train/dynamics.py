@@ -18,6 +18,13 @@ rows also go to TensorBoard under `dynamics/<variant>/<field>`.
 
 On resume the rows and folders of steps after the checkpoint are dropped: they describe a policy
 the resumed run is about to redo. A run that starts at step 0 starts a fresh log.
+
+With several training processes the main one evaluates and writes, and the others wait for it. Under
+DDP and ZeRO-1/2 each process holds the whole model and the main one evaluates it in place. Under
+ZeRO-3 and FSDP each holds a slice of every weight, and the model run on one process alone would wait
+forever for the others' slices: so every process takes part in saving the policy whole (as for a
+checkpoint, `.policy-NNNNNN/` under dynamics/), the main one loads that copy on its device, evaluates
+it and deletes it. The processes must agree on when to evaluate: each reads the steps already logged.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +116,8 @@ class DynamicsCallback(TrainerCallback):
         self.seconds = 0.0  # wall time spent evaluating, for the eval-share benchmark
         self._done: set[int] = set()
         self._writer = None
+        # The trainer (build_trainer sets it): its accelerator says whether the weights are sliced.
+        self.trainer: Any = None
 
     @property
     def path(self) -> Path:
@@ -116,23 +126,53 @@ class DynamicsCallback(TrainerCallback):
     # -- trainer events --------------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:
-            return
         # A resumed run keeps what it evaluated up to its checkpoint; a fresh one starts a fresh log.
-        self._forget_after(state.global_step if state.global_step > 0 else -1)
+        keep = state.global_step if state.global_step > 0 else -1
+        if state.is_world_process_zero:
+            self._forget_after(keep)
+        else:  # the others only learn which steps are done (the main process rewrites atomically)
+            self._done = {r["step"] for r in self._logged_rows() if r["step"] <= keep}
         if self.at_start and state.global_step == 0 and 0 not in self._done:
-            self.evaluate(model, 0)
+            self._evaluate_on_main(state, model, 0)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and state.global_step % self.eval_every == 0:
-            self.evaluate(model, state.global_step)
+        if state.global_step % self.eval_every == 0:
+            self._evaluate_on_main(state, model, state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and state.global_step not in self._done:
-            self.evaluate(model, state.global_step)
+        if state.global_step not in self._done:
+            self._evaluate_on_main(state, model, state.global_step)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def _evaluate_on_main(self, state, model: Any, step: int) -> None:
+        """The main process evaluates `model`, or under ZeRO-3 / FSDP a saved whole copy of it."""
+        from vlmstress.train.grpo import weights_sharded
+
+        trainer = self.trainer
+        if trainer is None or not weights_sharded(trainer.accelerator):
+            if state.is_world_process_zero:
+                self.evaluate(model, step)
+        else:
+            self._evaluate_saved_copy(state, step)
+        self._done.add(step)
+
+    def _evaluate_saved_copy(self, state, step: int) -> None:
+        from transformers import AutoModelForImageTextToText
+
+        trainer, folder = self.trainer, self.out / "dynamics" / f".policy-{step:06d}"
+        trainer.save_model(str(folder))  # every process: it gathers the slices; the main one writes
+        trainer.accelerator.wait_for_everyone()
+        if state.is_world_process_zero:
+            try:
+                with _whole_model_loading():
+                    copy = AutoModelForImageTextToText.from_pretrained(folder, dtype="auto")
+                self.evaluate(copy.to(trainer.accelerator.device), step)
+                del copy
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
 
     # -- evaluation ------------------------------------------------------------------------------
 
@@ -233,6 +273,11 @@ class DynamicsCallback(TrainerCallback):
                     self._writer.add_scalar(f"dynamics/{row['variant']}/{key}", value, step)
         self._writer.flush()
 
+    def _logged_rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [r for r in map(_json_or_none, self.path.read_text().splitlines()) if r is not None]
+
     def _forget_after(self, step: int) -> None:
         """Keep the rows (and run folders) of steps <= `step` only: a resumed run redoes the rest."""
         if self.path.exists():
@@ -246,3 +291,20 @@ class DynamicsCallback(TrainerCallback):
         for folder in (self.out / "dynamics").glob("step-*"):
             if folder.name[5:].isdigit() and int(folder.name[5:]) > step:
                 shutil.rmtree(folder)
+        for folder in (self.out / "dynamics").glob(".policy-*"):  # copies left by a killed run
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def _whole_model_loading() -> Iterator[None]:
+    """Under ZeRO-3, transformers creates every model already sliced over the processes (a collective
+    the others, waiting at a barrier, would never join): the main process's copy is loaded whole with
+    that switched off. transformers keeps the switch as a module-level weak reference; it is put back."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = ref

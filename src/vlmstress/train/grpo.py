@@ -103,6 +103,16 @@ _TRL_FIELDS = (
     "gradient_checkpointing",
     "use_vllm",
     "vllm_mode",
+    "vllm_model_impl",
+    "vllm_max_model_length",
+    "vllm_gpu_memory_utilization",
+    "vllm_tensor_parallel_size",
+    "vllm_enable_sleep_mode",
+    "vllm_server_base_url",
+    "vllm_server_host",
+    "vllm_server_port",
+    "vllm_server_timeout",
+    "vllm_group_port",
     "save_steps",
     "save_total_limit",
     "logging_steps",
@@ -111,7 +121,10 @@ _TRL_FIELDS = (
 
 def trl_config(cfg: GRPORunConfig, *, seed: int, out: Path, reward_weights: Sequence[float]):
     """The trl.GRPOConfig of a run; `cfg.trl` entries override or extend ours."""
+    import torch
     from trl import GRPOConfig
+
+    from vlmstress.shard import world_size_from_env
 
     known = {f.name for f in dataclasses.fields(GRPOConfig)}
     unknown = sorted(set(cfg.trl) - known)
@@ -131,6 +144,10 @@ def trl_config(cfg: GRPORunConfig, *, seed: int, out: Path, reward_weights: Sequ
         # fp16 is never on by default here: GRPOConfig turns bf16 on unless told otherwise
         fp16=False,
     )
+    if world_size_from_env() > 1 and not torch.cuda.is_available():
+        # Launched processes on a machine without GPUs train together only when told to use the CPU
+        # (accelerate then joins them over gloo); else each would train alone, all into one `out`.
+        kwargs["use_cpu"] = True
     kwargs.update(cfg.trl)
     try:
         return GRPOConfig(**kwargs)
@@ -206,6 +223,7 @@ def build_trainer(
         processing_class=processor,
         callbacks=[dynamics, *callbacks],
     )
+    dynamics.trainer = trainer
     return trainer, dynamics
 
 
@@ -246,12 +264,15 @@ def train_grpo(
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = {**cfg.model_dump(), "seed": seed, "seeds": None, "out": str(out)}
-    (out / "grpo_config.json").write_text(json.dumps(resolved, indent=2))
     resume = last_checkpoint(out) if cfg.resume else None
     if resume:
         log(f"resuming from {resume}")
     trainer, _ = build_trainer(cfg, seed=seed, out=out, log=log, callbacks=callbacks, resume=resume)
+    # Launched on several processes, each runs this function; the main one alone writes our files.
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        resolved = {**cfg.model_dump(), "seed": seed, "seeds": None, "out": str(out)}
+        (out / "grpo_config.json").write_text(json.dumps(resolved, indent=2))
     trainer_log = logging.getLogger("transformers.trainer")
     quiet = _ResumeKeyWarnings()
     if resume:
@@ -260,17 +281,32 @@ def train_grpo(
         trainer.train(resume_from_checkpoint=resume)
     finally:
         trainer_log.removeFilter(quiet)
-    final = save_policy(trainer.model, trainer.processing_class, out / "final")
-    log(f"final policy in {final}; dynamics in {out / 'dynamics.jsonl'}")
+    final, accelerator = out / "final", trainer.accelerator
+    # ZeRO-3 and FSDP keep a slice of each weight per process: all of them gather the whole.
+    state_dict = accelerator.get_state_dict(trainer.model_wrapped) if weights_sharded(accelerator) else None
+    if main_process:
+        save_policy(trainer.model, trainer.processing_class, final, state_dict=state_dict)
+        log(f"final policy in {final}; dynamics in {out / 'dynamics.jsonl'}")
+    accelerator.wait_for_everyone()  # no process returns before the policy is on disk
     return final
 
 
-def save_policy(model: Any, processor: Any, out: Path) -> Path:
+def weights_sharded(accelerator: Any) -> bool:
+    """Whether the training processes each hold only a slice of the weights (ZeRO-3, FSDP)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.deepspeed_plugin
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3
+
+
+def save_policy(model: Any, processor: Any, out: Path, *, state_dict: dict | None = None) -> Path:
     """The policy as a checkpoint folder that loads as `tiny:DIR` / `hf:DIR`: safetensors weights and
     the processor. Without a video processor (no torchvision) it is saved as its parts, tokenizer and
     image processor, since a saved processor_config.json then names a video processor that cannot
-    be loaded back; with one, whole."""
-    model.save_pretrained(out)
+    be loaded back; with one, whole. `state_dict`: the gathered weights of a ZeRO-3 / FSDP run."""
+    model.save_pretrained(out, state_dict=state_dict)
     if getattr(processor, "video_processor", None) is not None:
         processor.save_pretrained(out)
     else:
@@ -303,11 +339,15 @@ def run_grpo_command(args) -> int:
     seeds = parse_seeds(getattr(args, "seeds", None))
     if seeds is None and args.seed is None:
         seeds = cfg.seeds
+    from accelerate import PartialState  # set up by the trainer: says which process reports
+
     if not seeds:
         final = train_grpo(cfg)
-        print(f"GRPO policy written to {final} (evaluate it with --model tiny:{final})")
+        if PartialState().is_main_process:
+            print(f"GRPO policy written to {final} (evaluate it with --model tiny:{final})")
         return 0
     for s in seeds:
         train_grpo(cfg, seed=s, out=Path(cfg.out) / f"seed-{s}")
-    print(f"GRPO sweep over seeds {', '.join(map(str, seeds))} written to {cfg.out}/seed-*")
+    if PartialState().is_main_process:
+        print(f"GRPO sweep over seeds {', '.join(map(str, seeds))} written to {cfg.out}/seed-*")
     return 0
