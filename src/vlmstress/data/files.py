@@ -189,6 +189,14 @@ def resolve_image_index_refs(rows: list[Row | BadRow]) -> list[Row | BadRow]:
 # Rows
 
 
+def _synth_facts(value: Any) -> bool:
+    from vlmstress.data.synth import FAMILIES
+
+    return (
+        isinstance(value, dict) and value.get("family") in FAMILIES and isinstance(value.get("objects"), list)
+    )
+
+
 def row_to_sample(row: Row, row_no: int, base_dir: Path) -> Sample:
     """One generic row -> Sample; any problem becomes an error sample with what is known."""
     id_key, q_key, ans_key, fam_key, img_key = (
@@ -203,6 +211,10 @@ def row_to_sample(row: Row, row_no: int, base_dir: Path) -> Sample:
     }
     if id_key == "index":
         known["meta"]["index"] = index_value(row["index"])  # MMBench's circular groups need it
+    if _synth_facts(row.get("facts")):
+        # A synth set written by `vlmstress data synth`: its scene facts write the reasoning and
+        # captions of the perturbations, as for `--data synth`, not the generic option-text ones.
+        known["facts"] = known["meta"].pop("facts")
     try:
         bad = find_non_utf8(row)
         if bad is not None:
