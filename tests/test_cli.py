@@ -23,6 +23,9 @@ def _run(*args, **kw):
         (["eval", "--model", "tiny"], "--data"),
         (["frobnicate"], "invalid choice"),
         (["train", "sft", "--config", "/nonexistent.yaml"], "not found"),
+        (["demo", "--seeds", "0,0", "--out", "/nonexistent/demo"], "distinct seeds"),
+        (["demo", "--model", "replay:x.jsonl", "--out", "/nonexistent/demo"], "demo --model"),
+        (["demo", "--config", "/nonexistent.yaml", "--out", "/nonexistent/demo"], "not found"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(args, needle):
@@ -74,3 +77,18 @@ def test_eval_end_to_end_on_tiny_checkpoint(tiny_ckpt, tmp_path):
     assert len(records) == 45
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == f"tiny:{tiny_ckpt}" and config["variants"][0] == "base"
+
+
+def test_demo_no_train_prints_the_study_table(tmp_path, capsys):
+    """`demo --no-train` on a fresh folder: the SFT model's row (all 9 variants), study.md, the report."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n", "3", "--no-train"]) == 0
+    printed = capsys.readouterr().out
+    table = (out / "study.md").read_text()
+    assert table in printed and f"HTML report: {out / 'report.html'}" in printed
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert rows[0].startswith("| model | seeds | base acc % |") and len(rows) == 3  # header, rule, sft
+    assert rows[2].startswith("| sft | – |") and len(rows[2].split("|")) == len(rows[0].split("|"))
+    metrics = json.loads((out / "eval" / "sft" / "metrics.json").read_text())
+    assert metrics["model"] == "tiny" and metrics["n_samples"] == 3 and len(metrics["variants"]) == 9
+    assert (out / "report.html").is_file() and not (out / "train").exists()

@@ -30,10 +30,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vlmstress", description="Stress-test the reasoning of vision-language models.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="the whole study on the embedded default (tiny model, synth)")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--n", type=_positive, default=200, help="synth test samples")
+    from vlmstress import study
+
+    d = sub.add_parser(
+        "demo",
+        help="the whole study on the embedded default: the SFT model and its GRPO arms, evaluated "
+        "under every variant (vlmstress.study)",
+    )
+    d.add_argument("--out", default="runs/demo", help="study folder; a rerun with the same --out resumes")
+    d.add_argument(
+        "--seed", type=int, default=0, help="data seed: test set, misleading letters, training pool"
+    )
+    d.add_argument(
+        "--n",
+        type=_positive,
+        default=study.DEFAULT_N,
+        help="synth test samples each model is evaluated on (%(default)s)",
+    )
+    d.add_argument(
+        "--seeds",
+        default=",".join(map(str, study.DEFAULT_SEEDS)),
+        help="comma-separated GRPO training seeds: one run per arm and seed (%(default)s)",
+    )
+    d.add_argument(
+        "--grpo-steps",
+        type=_positive,
+        default=study.DEFAULT_GRPO_STEPS,
+        help="GRPO steps per run (%(default)s)",
+    )
+    d.add_argument(
+        "--model", default="tiny", help="the SFT model the arms start from: tiny | tiny:DIR | hf:ID"
+    )
+    d.add_argument("--config", default=str(study.DEFAULT_CONFIG), help="the GRPO config every arm overrides")
+    d.add_argument(
+        "--no-train", action="store_true", help="evaluate only: the SFT model and the arms trained in --out"
+    )
 
     e = sub.add_parser("eval", help="evaluate a model under the perturbation suite")
     e.add_argument(
@@ -181,20 +212,22 @@ def _model_options(pairs: list[str]) -> dict:
 
 
 def cmd_demo(args) -> int:
-    from vlmstress.data import synth
-    from vlmstress.judge.rule import RuleJudge
-    from vlmstress.models.tiny import load_tiny
-    from vlmstress.perturb import resolve_variants
-    from vlmstress.runner import RunSpec, run_eval
+    from vlmstress.study import StudySettings, run_study
+    from vlmstress.train.grpo import parse_seeds
 
-    samples = synth.generate(args.n, seed=args.seed, split="test")
-    spec = RunSpec(model="tiny", data=f"synth:{args.n}", variants=resolve_variants("all"), seed=args.seed)
-    out = Path(args.out) / "tiny-synth"
-    metrics = run_eval(load_tiny(), samples, spec, out, judges=[RuleJudge()])
-    _print_summary(out, metrics)
-    from vlmstress.report import build_report
-
-    print(f"HTML report: {build_report([out])}")
+    settings = StudySettings(
+        out=Path(args.out),
+        model=args.model,
+        config=Path(args.config),
+        seeds=tuple(parse_seeds(args.seeds) or ()),
+        grpo_steps=args.grpo_steps,
+        n=args.n,
+        seed=args.seed,
+        train=not args.no_train,
+    )
+    result = run_study(settings)
+    print(result.table)
+    print(f"study table in {result.study_md}; HTML report: {result.report}")
     return 0
 
 

@@ -1,0 +1,382 @@
+"""The study of paper.md's "RL fine-tuning dynamics" as one command (`vlmstress demo`).
+
+From an SFT model (by default the shipped tiny model, which is the SFT warm start), GRPO arms are
+trained over several seeds; the SFT model and every arm's final policy are evaluated under the
+perturbation suite on the synthetic test split (rule judge), and one table compares the arms:
+
+  plain             GRPO with the config's rewards, no augmentation
+  augment           + adversarial prompt augmentation (the config's rates, 10% each by default)
+  faithful          + the faithfulness-aware reward: every reward term x 1[judge says consistent]
+  augment+faithful  both
+
+Each arm is a small set of overrides of one GRPORunConfig (configs/grpo-tiny.yaml by default), so
+the arms differ in nothing else. The study sizes the runs (steps, dynamics evaluations) so that the
+default finishes on a laptop CPU in minutes.
+
+Layout of the output folder DIR:
+  study.json                settings that define the trained and evaluated runs (a rerun must match)
+  train/ARM/seed-S/         one GRPO run: checkpoints, final/ (the policy), dynamics.jsonl
+  eval/sft/, eval/ARM-seed-S/   one evaluation run each (records.jsonl, metrics.json, summary.md)
+  study.md                  the comparison table (also printed)
+  report.html (.md, .tex)   the HTML report over every evaluation, with each arm's training curves
+
+Resume: a rerun with the same DIR skips the GRPO runs that finished (`trained.json` beside their
+final policy), continues an interrupted one from its last checkpoint (train_grpo does that), and
+the evaluation runner resumes its records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlmstress.errors import UsageError
+
+if TYPE_CHECKING:
+    from vlmstress.train.config import GRPORunConfig
+
+# The study's default size, to finish within 15 minutes on 2 CPU cores: measured 12.5 minutes (one
+# core shared with another job; a GRPO run ~65 s, an evaluation ~19 s, the HTML report ~70 s).
+DEFAULT_GRPO_STEPS = 20
+DEFAULT_N = 150
+DEFAULT_SEEDS = (0, 1)
+# Held-out samples per dynamics evaluation, and how many evaluations a run gets after step 0: enough
+# for a curve, few enough that evaluating does not cost more than training.
+DEFAULT_DYNAMICS_N = 40
+DYNAMICS_POINTS = 3
+EVAL_BATCH = 64  # the tiny model's evaluation is ~1.6x faster at 64 prompts a batch than at 16
+# A source checkout (`pip install -e .`, as the README sets up) has the configs beside src/.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grpo-tiny.yaml"
+DONE = "trained.json"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One GRPO arm: which of the two interventions it switches on."""
+
+    name: str
+    augment: bool  # adversarial prompt augmentation at the config's rates (off: every prompt base)
+    faithful: bool  # every reward term gated by the judge: R x 1[judge says consistent]
+
+
+ARMS = (
+    Arm("plain", augment=False, faithful=False),
+    Arm("augment", augment=True, faithful=False),
+    Arm("faithful", augment=False, faithful=True),
+    Arm("augment+faithful", augment=True, faithful=True),
+)
+
+
+def arm_config(base: GRPORunConfig, arm: Arm) -> GRPORunConfig:
+    """`base` with the arm's augmentation and reward gating; everything else as in `base`."""
+    from vlmstress.train.config import AugmentRates
+
+    rates = base.augment if arm.augment else AugmentRates(**dict.fromkeys(AugmentRates.model_fields, 0.0))
+    rewards = [term.model_copy(update={"faithful": arm.faithful}) for term in base.rewards]
+    return base.model_copy(update={"augment": rates, "rewards": rewards})
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    out: Path
+    model: str = "tiny"  # the SFT model: evaluated as the baseline, and every arm's GRPO init
+    config: Path = DEFAULT_CONFIG  # the GRPORunConfig the arms override
+    seeds: tuple[int, ...] = DEFAULT_SEEDS  # GRPO training seeds, one run per arm and seed
+    grpo_steps: int = DEFAULT_GRPO_STEPS
+    n: int = DEFAULT_N  # synth test samples each model is evaluated on
+    seed: int = 0  # data seed: the test set and its misleading letters, the training pool, held-out set
+    variants: tuple[str, ...] = ()  # () = every variant
+    dynamics_n: int = DEFAULT_DYNAMICS_N
+    train: bool = True  # False: evaluate the SFT model and the arms already trained in `out` only
+    arms: tuple[Arm, ...] = ARMS
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    label: str  # "sft" or an arm's name
+    seed: int | None  # the arm's GRPO seed; None for the SFT model
+    path: Path  # the evaluation run folder
+    metrics: dict  # its metrics.json
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    table: str  # study.md's text
+    study_md: Path
+    report: Path
+    evaluations: list[Evaluation]
+
+
+def base_config(settings: StudySettings) -> GRPORunConfig:
+    """The config every arm overrides: the file's, started from the study's model, on the study's
+    data seed, sized to the study's steps (dynamics: DYNAMICS_POINTS evaluations after step 0; a
+    synthetic training pool of the prompts the steps use)."""
+    from vlmstress.train.config import GRPORunConfig, load_config
+
+    if not Path(settings.config).is_file():
+        raise UsageError(f"GRPO config not found: {settings.config} (pass --config FILE.yaml)")
+    cfg = load_config(settings.config, GRPORunConfig)
+    assert isinstance(cfg, GRPORunConfig)
+    if not any(cfg.augment.model_dump().values()):
+        raise UsageError(f"{settings.config}: the augment arms need augmentation rates above 0")
+    dynamics = cfg.dynamics.model_copy(
+        update={
+            "n": min(cfg.dynamics.n, settings.dynamics_n),
+            "eval_every": max(1, math.ceil(settings.grpo_steps / DYNAMICS_POINTS)),
+        }
+    )
+    data = cfg.data
+    if [d.source for d in data] == ["synth"]:
+        # A pool of what the steps consume (TRL draws prompts without replacement), not the config's
+        # thousands: drawing and PNG-encoding 4,000 synthetic samples costs ~10 s of every run.
+        used = math.ceil(
+            settings.grpo_steps
+            * cfg.per_device_train_batch_size
+            * cfg.gradient_accumulation_steps
+            / cfg.num_generations
+        )
+        data = [data[0].model_copy(update={"n": min(data[0].n or used, used)})]
+    return cfg.model_copy(
+        update={
+            "init": settings.model,
+            "data_seed": settings.seed,
+            "max_steps": settings.grpo_steps,
+            "data": data,
+            "dynamics": dynamics,
+            "seeds": None,
+            "out": "",
+        }
+    )
+
+
+def model_kind(model: str) -> str:
+    """`tiny` or `hf`: the SPECs GRPO can start from (train/grpo.py load_policy)."""
+    from vlmstress.models.registry import parse_spec
+
+    kind = parse_spec(model)[0]
+    if kind not in ("tiny", "hf"):
+        raise UsageError(f"demo --model must be tiny, tiny:DIR or hf:ID_OR_PATH, got {model!r}")
+    return kind
+
+
+def weights_digest(model: str) -> str | None:
+    """SHA-256 of a tiny checkpoint's weights (the shipped ones for `tiny`), so that a study folder is
+    not resumed on top of runs that started from other weights; None for `hf:` models, whose
+    multi-GB weights are not worth reading for this."""
+    import hashlib
+
+    from vlmstress.models.registry import parse_spec
+    from vlmstress.models.tiny import ASSET_DIR
+
+    kind, target = parse_spec(model)
+    if kind != "tiny":
+        return None
+    digest = hashlib.sha256()
+    for f in sorted((Path(target).expanduser() if target else ASSET_DIR).glob("*.safetensors")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def check_study(out: Path, identity: dict) -> None:
+    """Refuse a rerun whose settings would mix runs of another study into this folder's table."""
+    path = out / "study.json"
+    if path.exists():
+        before, now = _flat(json.loads(path.read_text())), _flat(identity)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise UsageError(
+                f"{out} holds a study with a different {', '.join(changed)}; use another --out "
+                "(or delete the folder to start over)"
+            )
+        return
+    from vlmstress.runner import write_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(identity, indent=2))
+
+
+def _flat(settings: Mapping[str, Any]) -> dict[str, Any]:
+    # One level deep, so that a refusal names the config field ("config.learning_rate") that moved.
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> StudyResult:
+    """Train (unless `settings.train` is False) and evaluate every arm; write study.md and the report."""
+    from vlmstress.perturb import resolve_variants
+    from vlmstress.runner import run_lock
+
+    out = Path(settings.out)
+    kind = model_kind(settings.model)
+    variants = resolve_variants(",".join(settings.variants) if settings.variants else "all")
+    base = base_config(settings)
+    identity = {
+        "model": settings.model,
+        "model_weights": weights_digest(settings.model),
+        "n": settings.n,
+        "seed": settings.seed,
+        "config": base.model_dump(mode="json"),
+    }
+    with run_lock(out):  # two studies in one folder would train the same runs at once
+        check_study(out, identity)
+        return _run(settings, base, kind, variants, out, log)
+
+
+def _run(
+    settings: StudySettings, base: GRPORunConfig, kind: str, variants: list[str], out: Path, log
+) -> StudyResult:
+    import torch
+
+    from vlmstress.data import synth
+    from vlmstress.report import build_report
+    from vlmstress.runner import write_atomic
+
+    if base.torch_threads:  # evaluation runs in this process too, before any trainer sets it
+        torch.set_num_threads(base.torch_threads)
+    samples = synth.generate(settings.n, seed=settings.seed, split="test")
+    start = time.monotonic()
+
+    def stage(text: str) -> None:  # elapsed time first: where a study's minutes go, at a glance
+        minutes, seconds = divmod(int(time.monotonic() - start), 60)
+        log(f"== [{minutes}:{seconds:02d}] {text}")
+
+    def evaluate(label: str, seed: int | None, model: str) -> Evaluation:
+        path = out / "eval" / (label if seed is None else f"{label}-seed-{seed}")
+        stage(f"evaluating {model} on synth:{settings.n} ({len(variants)} variants) -> {path}")
+        return Evaluation(label, seed, path, _evaluate(model, samples, variants, settings, path))
+
+    evaluations = [evaluate("sft", None, settings.model)]
+    for seed in settings.seeds:  # seed-major: one seed of every arm is a whole comparison early on
+        for arm in settings.arms:
+            run = out / "train" / arm.name / f"seed-{seed}"
+            if not (run / DONE).exists():
+                if not settings.train:
+                    continue
+                stage(f"GRPO arm {arm.name}, seed {seed}: {settings.grpo_steps} steps -> {run}")
+                _train(arm_config(base, arm), seed, run, log)
+            evaluations.append(evaluate(arm.name, seed, f"{kind}:{run / 'final'}"))
+
+    stage("writing study.md and the HTML report")
+    table = study_markdown(evaluations, variants, settings)
+    write_atomic(out / "study.md", table)
+    # An arm's folder holds its seeds' dynamics.jsonl: the report plots their mean and spread.
+    arms = dict.fromkeys(e.label for e in evaluations if e.seed is not None)
+    report = build_report(
+        [e.path for e in evaluations] + [out / "train" / a for a in arms], html=out / "report.html"
+    )
+    return StudyResult(table=table, study_md=out / "study.md", report=report, evaluations=evaluations)
+
+
+def _train(cfg: GRPORunConfig, seed: int, run: Path, log: Callable[[str], None]) -> None:
+    from vlmstress.runner import write_atomic
+    from vlmstress.train.grpo import train_grpo
+
+    train_grpo(cfg, seed=seed, out=run, log=log)
+    # Written last: its presence says the final policy is whole, so a rerun need not touch the run.
+    write_atomic(run / DONE, json.dumps({"seed": seed, "max_steps": cfg.max_steps}))
+
+
+def _evaluate(model: str, samples: Sequence, variants: list[str], settings: StudySettings, out: Path) -> dict:
+    from vlmstress.judge.rule import RuleJudge
+    from vlmstress.models.registry import load_model
+    from vlmstress.runner import RunSpec, run_eval
+
+    spec = RunSpec(
+        model=model,
+        data=f"synth:{settings.n}",
+        variants=variants,
+        seed=settings.seed,
+        batch_size=EVAL_BATCH,
+    )
+    return run_eval(load_model(model), samples, spec, out, judges=[RuleJudge()])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The comparison table
+
+NULL = "–"
+MISLED = ("wrong_think", "wrong_caption")
+
+
+def spread_cell(values: Sequence[float | None], scale: float, digits: int) -> str:
+    """mean ± half the range over seeds (so the cell spans every seed's value); one value alone."""
+    xs = [scale * v for v in values if v is not None]
+    if not xs:
+        return NULL
+    mean = statistics.fmean(xs)
+    if len(xs) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {(max(xs) - min(xs)) / 2:.{digits}f}"
+
+
+def _get(metrics: Mapping[str, Any], variant: str, key: str) -> float | None:
+    return (metrics.get("variants", {}).get(variant) or {}).get(key)
+
+
+def table_columns(variants: Sequence[str]) -> list[tuple[str, str, str, float, int]]:
+    """(header, variant, metrics key, scale, decimals) of each column."""
+    columns = [(f"{v} acc %", v, "accuracy", 100.0, 1) for v in variants]
+    if "base" in variants:
+        columns += [
+            ("base cons.-adj. acc %", "base", "consistency_adjusted_accuracy", 100.0, 1),
+            ("base entropy (nats)", "base", "mean_entropy", 1.0, 3),
+        ]
+    columns += [(f"followed {v} %", v, "followed_misleading", 100.0, 1) for v in MISLED if v in variants]
+    return columns
+
+
+def study_markdown(
+    evaluations: Sequence[Evaluation], variants: Sequence[str], settings: StudySettings
+) -> str:
+    """study.md: a row per model (SFT, then each arm as mean ± spread over its seeds), a column per
+    variant's accuracy, then base consistency-adjusted accuracy and entropy, then how often the
+    wrong_think / wrong_caption answers followed the misleading letter; then base accuracy per seed."""
+    groups: dict[str, list[Evaluation]] = {}
+    for e in evaluations:
+        groups.setdefault(e.label, []).append(e)
+    columns = table_columns(variants)
+    header = ["model", "seeds", *(c[0] for c in columns)]
+    lines = [
+        f"# GRPO arms vs the SFT model {settings.model} on synth:{settings.n}",
+        "",
+        f"GRPO: {settings.grpo_steps} steps per arm and seed, arms overriding {settings.config.name}. "
+        f"Evaluation: the synthetic test split (data seed {settings.seed}), rule judge. Cells: mean ± half "
+        "the range over seeds (SFT: one greedy evaluation).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for label, group in groups.items():
+        seeds = ",".join(str(e.seed) for e in group) if group[0].seed is not None else NULL
+        cells = [spread_cell([_get(e.metrics, v, k) for e in group], s, d) for _, v, k, s, d in columns]
+        lines.append("| " + " | ".join([label, seeds, *cells]) + " |")
+    arms = [e for e in evaluations if e.seed is not None]
+    if "base" in variants and arms:
+        sft = _get(groups["sft"][0].metrics, "base", "accuracy")
+        seeds = sorted({e.seed for e in arms})
+        lines += ["", "Base accuracy % per GRPO seed (Δ against the SFT model in points):", ""]
+        lines += ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|" + "---|" * (len(seeds) + 1)]
+        for label, group in groups.items():
+            if label == "sft":
+                continue
+            by_seed = {e.seed: _get(e.metrics, "base", "accuracy") for e in group}
+            cells = [_with_delta(by_seed.get(s), sft) for s in seeds]
+            lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _with_delta(acc: float | None, sft: float | None) -> str:
+    if acc is None:
+        return NULL
+    return f"{100 * acc:.1f}" + ("" if sft is None else f" ({100 * (acc - sft):+.1f})")

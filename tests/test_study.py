@@ -1,0 +1,262 @@
+"""The study (`vlmstress demo`) on a tiny budget: every arm trained and evaluated, the table equal to
+the evaluations' metrics.json, a rerun that trains nothing again, a rerun of another study refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlmstress import study
+from vlmstress.errors import UsageError
+from vlmstress.study import ARMS, StudySettings, run_study
+
+SEEDS = (0,)  # two seeds double the time; the table over seeds is tested on its own below
+VARIANTS = ("base", "wrong_think")
+STEPS = 2
+N = 5
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    """configs/grpo-tiny.yaml at test size: a small pool, 2 prompts x 4 completions per step."""
+    raw = yaml.safe_load(study.DEFAULT_CONFIG.read_text())
+    raw.update(
+        data=[{"source": "synth", "n": 16}],
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_completion_length=32,
+        torch_threads=1,
+        save_steps=STEPS,
+        logging_steps=1,
+    )
+    raw["dynamics"].update(variants=["base"], max_new_tokens=32)
+    path = tmp_path_factory.mktemp("config") / "grpo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def settings(out: Path, config: Path, **overrides) -> StudySettings:
+    base = dict(out=out, config=config, seeds=SEEDS, grpo_steps=STEPS, n=N, variants=VARIANTS, dynamics_n=2)
+    return StudySettings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory, config_file):
+    out = tmp_path_factory.mktemp("study")
+    return run_study(settings(out, config_file), log=lambda _: None), out
+
+
+def runs(out: Path):
+    for arm in ARMS:
+        for seed in SEEDS:
+            yield (
+                arm,
+                seed,
+                out / "train" / arm.name / f"seed-{seed}",
+                out / "eval" / f"{arm.name}-seed-{seed}",
+            )
+
+
+def test_every_arm_is_trained_its_way_and_evaluated(done, config_file):
+    result, out = done
+    configured = yaml.safe_load(config_file.read_text())["augment"]
+    for arm, seed, run, evaluation in runs(out):
+        assert (run / "final" / "model.safetensors").is_file()
+        state = json.loads((run / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+        assert state["global_step"] == STEPS
+        steps = {json.loads(line)["step"] for line in (run / "dynamics.jsonl").read_text().splitlines()}
+        assert steps == {0, 1, 2}  # eval_every sized to the run: ceil(2 / DYNAMICS_POINTS) = 1
+        # The arm's interventions, as the trainer was given them.
+        cfg = json.loads((run / "grpo_config.json").read_text())
+        assert cfg["seed"] == seed and cfg["max_steps"] == STEPS and cfg["init"] == "tiny"
+        assert cfg["data"][0]["n"] == STEPS * 8 // 4  # the pool: steps x prompts per step (8 / G)
+        assert cfg["augment"] == (configured if arm.augment else dict.fromkeys(configured, 0.0))
+        assert [t["faithful"] for t in cfg["rewards"]] == [arm.faithful] * len(cfg["rewards"])
+        # Its final policy evaluated under the study's variants.
+        assert json.loads((evaluation / "config.json").read_text())["model"] == f"tiny:{run / 'final'}"
+        metrics = json.loads((evaluation / "metrics.json").read_text())
+        assert metrics["n_samples"] == N and list(metrics["variants"]) == list(VARIANTS)
+        assert len((evaluation / "records.jsonl").read_text().splitlines()) == N * len(VARIANTS)
+    sft = json.loads((out / "eval" / "sft" / "metrics.json").read_text())
+    assert sft["model"] == "tiny" and sft["n_samples"] == N
+    assert [e.label for e in result.evaluations] == ["sft"] + [a.name for s in SEEDS for a in ARMS]
+    html = result.report.read_text()
+    assert result.report == out / "report.html" and "Training dynamics" in html
+
+
+def _table(text: str) -> dict[str, list[str]]:
+    """The first Markdown table of study.md: row label -> cells (label column excluded)."""
+    rows = {}
+    for line in text.split("\n\n| arm |")[0].splitlines():
+        if line.startswith("| ") and not line.startswith("| model"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _numbers(cell: str) -> tuple[float, float]:
+    mean, _, spread = cell.partition(" ± ")
+    return float(mean), float(spread or 0)
+
+
+def test_table_rows_are_the_arms_metrics(done):
+    result, out = done
+    text = (out / "study.md").read_text()
+    assert text == result.table
+    rows = _table(text)
+    assert list(rows) == ["sft"] + [a.name for a in ARMS]
+    header = [c.strip() for c in text.split("| model |")[1].splitlines()[0].strip("|").split("|")]
+    # header[0] is "seeds"; then per variant accuracy, base cons.-adj., base entropy, followed wrong_think
+    expected = [(f"{v} acc %", v, "accuracy", 100) for v in VARIANTS] + [
+        ("base cons.-adj. acc %", "base", "consistency_adjusted_accuracy", 100),
+        ("base entropy (nats)", "base", "mean_entropy", 1),
+        ("followed wrong_think %", "wrong_think", "followed_misleading", 100),
+    ]
+    assert header == ["seeds"] + [e[0] for e in expected]
+
+    def metrics_of(label):
+        dirs = (
+            [out / "eval" / "sft"] if label == "sft" else [out / "eval" / f"{label}-seed-{s}" for s in SEEDS]
+        )
+        return [json.loads((d / "metrics.json").read_text()) for d in dirs]
+
+    for label, cells in rows.items():
+        assert cells[0] == ("–" if label == "sft" else ",".join(map(str, SEEDS)))
+        for cell, (_, variant, key, scale) in zip(cells[1:], expected, strict=True):
+            values = [scale * m["variants"][variant][key] for m in metrics_of(label)]
+            mean, spread = _numbers(cell)
+            tol = 0.051 if scale == 100 else 0.00051  # one decimal for percentages, three for nats
+            assert mean == pytest.approx(statistics.fmean(values), abs=tol), (label, variant, key)
+            assert spread == pytest.approx((max(values) - min(values)) / 2, abs=tol), (label, variant, key)
+            assert (" ± " in cell) == (len(values) > 1)
+
+    # Below the table: each arm's base accuracy per seed, with its difference from the SFT model.
+    sft_base = 100 * metrics_of("sft")[0]["variants"]["base"]["accuracy"]
+    per_seed = text.split("| arm |")[1].splitlines()[2:]
+    assert [line.split("|")[1].strip() for line in per_seed] == [a.name for a in ARMS]
+    for line, arm in zip(per_seed, ARMS, strict=True):
+        for cell, m in zip(line.strip("|").split("|")[1:], metrics_of(arm.name), strict=True):
+            acc, delta = map(float, re.fullmatch(r"\s*([\d.]+) \(([+-][\d.]+)\)\s*", cell).groups())
+            assert acc == pytest.approx(100 * m["variants"]["base"]["accuracy"], abs=0.051)
+            assert delta == pytest.approx(acc - sft_base, abs=0.11)
+
+
+@pytest.fixture
+def no_report(monkeypatch):
+    """The HTML report (matplotlib) is most of a rerun's time, and the first run's test covers it."""
+    monkeypatch.setattr("vlmstress.report.build_report", lambda runs, html: html)
+
+
+def test_rerun_resumes_without_training_or_evaluating_again(done, config_file, monkeypatch, no_report):
+    result, out = done
+    kept = [
+        p for _, _, run, ev in runs(out) for p in (run / "final" / "model.safetensors", ev / "records.jsonl")
+    ]
+    kept += [run / "dynamics.jsonl" for _, _, run, _ in runs(out)] + [out / "eval" / "sft" / "records.jsonl"]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished arm was trained again")
+
+    monkeypatch.setattr("vlmstress.train.grpo.train_grpo", no_training)
+    again = run_study(settings(out, config_file), log=lambda _: None)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept} == before
+    assert again.table == result.table
+
+
+def test_an_unfinished_arm_is_trained_on_rerun(done, config_file, monkeypatch, no_report):
+    """Without its `trained.json` a run counts as unfinished; the study hands it to train_grpo again
+    (which resumes from the run's last checkpoint, tests/test_grpo.py)."""
+    _, out = done
+    seed = SEEDS[-1]
+    marker = out / "train" / "faithful" / f"seed-{seed}" / study.DONE
+    text = marker.read_text()
+    marker.unlink()
+    calls = []
+
+    def train(cfg, seed, run, log):
+        calls.append((seed, run, cfg.max_steps, cfg.augment.wrong_think, cfg.rewards[0].faithful))
+        marker.write_text(text)
+
+    monkeypatch.setattr(study, "_train", train)
+    run_study(settings(out, config_file), log=lambda _: None)
+    assert calls == [(seed, out / "train" / "faithful" / f"seed-{seed}", STEPS, 0.0, True)]
+
+
+def test_a_rerun_with_other_settings_is_refused(done, config_file):
+    _, out = done
+    with pytest.raises(UsageError, match="config.max_steps"):
+        run_study(settings(out, config_file, grpo_steps=STEPS + 1), log=lambda _: None)
+    with pytest.raises(UsageError, match=r"different n\b"):
+        run_study(settings(out, config_file, n=N + 1), log=lambda _: None)
+
+
+def test_a_study_on_other_sft_weights_is_refused(tmp_path, tiny_ckpt, config_file, no_report):
+    """Same settings, but the SFT checkpoint's weights changed (as when new tiny weights ship)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    one = settings(tmp_path / "s", config_file, model=f"tiny:{ckpt}", train=False, n=2, variants=("base",))
+    run_study(one, log=lambda _: None)
+    weights = load_file(ckpt / "model.safetensors")
+    save_file({k: v + 1 if k.endswith("bias") else v for k, v in weights.items()}, ckpt / "model.safetensors")
+    with pytest.raises(UsageError, match="model_weights"):
+        run_study(one, log=lambda _: None)
+
+
+def test_no_train_evaluates_the_sft_model_only(tmp_path, config_file, no_report):
+    result = run_study(settings(tmp_path / "s", config_file, train=False), log=lambda _: None)
+    assert list(_table(result.table)) == ["sft"]
+    assert not (tmp_path / "s" / "train").exists() and "| arm |" not in result.table
+
+
+def test_arm_config_switches_only_augmentation_and_reward_gating(config_file):
+    base = study.base_config(settings(Path("unused"), config_file))
+    configs = {arm.name: study.arm_config(base, arm) for arm in ARMS}
+    for arm in ARMS:
+        cfg = configs[arm.name]
+        rates = cfg.augment.model_dump()
+        assert (rates == base.augment.model_dump()) if arm.augment else not any(rates.values())
+        assert all(t.faithful == arm.faithful for t in cfg.rewards)
+        assert [(t.fn, t.weight) for t in cfg.rewards] == [(t.fn, t.weight) for t in base.rewards]
+        same = cfg.model_dump(exclude={"augment", "rewards"}) == base.model_dump(
+            exclude={"augment", "rewards"}
+        )
+        assert same, arm.name
+    assert len({json.dumps(c.model_dump(), sort_keys=True) for c in configs.values()}) == len(ARMS)
+
+
+def _metrics(base: float, entropy: float | None, followed: float) -> dict:
+    return {
+        "variants": {
+            "base": {"accuracy": base, "consistency_adjusted_accuracy": base / 2, "mean_entropy": entropy},
+            "wrong_think": {"accuracy": 1 - followed, "followed_misleading": followed},
+        }
+    }
+
+
+def test_table_over_seeds_is_mean_and_half_range(tmp_path):
+    E = study.Evaluation
+    evaluations = [
+        E("sft", None, tmp_path, _metrics(0.45, 0.9, 0.8)),
+        E("plain", 0, tmp_path, _metrics(0.40, 0.5, 0.9)),
+        E("plain", 1, tmp_path, _metrics(0.50, 0.7, 0.7)),
+        E("augment", 1, tmp_path, _metrics(0.52, None, 0.6)),  # seed 0 not trained (a --no-train run)
+    ]
+    text = study.study_markdown(evaluations, VARIANTS, settings(tmp_path, tmp_path, seeds=(0, 1)))
+    rows = _table(text)
+    assert rows["sft"] == ["–", "45.0", "20.0", "22.5", "0.900", "80.0"]
+    assert rows["plain"] == ["0,1", "45.0 ± 5.0", "20.0 ± 10.0", "22.5 ± 2.5", "0.600 ± 0.100", "80.0 ± 10.0"]
+    assert rows["augment"] == ["1", "52.0", "40.0", "26.0", "–", "60.0"]
+    per_seed = [
+        [c.strip() for c in line.strip("|").split("|")] for line in text.split("| arm |")[1].splitlines()[2:]
+    ]
+    assert per_seed == [["plain", "40.0 (-5.0)", "50.0 (+5.0)"], ["augment", "–", "52.0 (+7.0)"]]
