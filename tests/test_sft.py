@@ -23,3 +23,56 @@ def test_train_sft_writes_a_checkpoint_the_eval_loads(tmp_path):
     gen = model.generate([perturb(synth.generate(1)[0], "base", 0)], max_new_tokens=4)[0]
     assert gen.error is None and gen.letter_probs is not None
     assert abs(sum(gen.letter_probs.values()) - 1) < 1e-5
+
+
+KINDS = ("describe", "lookup", "find", "compare", "qa", "caption", "think", "stop", "recover")
+
+
+def test_every_example_kind_is_labelled_exactly_on_its_target():
+    # The loss must cover the assistant's target and nothing else, also where byte-level BPE merges
+    # across the prefill/target boundary (a hedged reasoning followed by its recovery).
+    import random
+
+    from vlmstress.models import tiny
+    from vlmstress.train.sft import Batcher, corpus, make_example
+
+    tok = tiny.build_tokenizer(corpus(n=100))
+    batcher = Batcher(tiny.build_processor(tok))
+    rng = random.Random(0)
+    samples = synth.generate(10, seed=0, split="train")
+    examples = [
+        make_example(k, s, rng) for s in samples for k in KINDS if k != "compare" or s.family == "spatial"
+    ]
+    batch = batcher(examples)
+    for ex, labels in zip(examples, batch["labels"]):
+        ids = labels[labels != -100].tolist()
+        assert tok.decode(ids).strip() == (ex.target + tok.eos_token).strip(), ex
+
+
+def test_find_and_compare_examples():
+    import random
+
+    from vlmstress.train.sft import make_example
+
+    rng = random.Random(0)
+    for s in synth.generate(20, seed=1, split="train"):
+        ex = make_example("find", s, rng)
+        if ex.user.startswith("Where is the "):
+            name = ex.user.removeprefix("Where is the ").removesuffix("?")
+            obj = next(
+                o
+                for o in s.facts["objects"]
+                if name.endswith(o["shape"]) and (o["size"] in name or " " not in name)
+            )
+            assert ex.target == (
+                f"The {name} is at row {obj['row'] + 1} col {obj['col'] + 1}. It is {obj['colour']}."
+            )
+            assert ex.image is s.image
+        if s.family != "spatial":
+            continue
+        ex = make_example("compare", s, rng)
+        # text only: the located positions are prefilled, the relation and the option line are learnt
+        assert ex.image is None and ex.prefill.startswith("<think>The ") and " col " in ex.prefill
+        letter = ex.target[-len("X</answer>") : -len("</answer>")]
+        assert ex.target.endswith(f"\n{letter}. {s.option_text(letter)}</think><answer>{letter}</answer>")
+        assert ex.prefill + ex.target.split("</think>")[0] == "<think>" + synth.think_text(s, letter)

@@ -227,19 +227,60 @@ def generate(n: int, *, seed: int = 0, split: str = "test") -> list[Sample]:
 # --- reasoning and captions, written from the facts for any option -----------------------------
 
 
+def _at(o: dict) -> str:
+    return f"at row {o['row'] + 1} col {o['col'] + 1}"
+
+
+def _find(facts: dict, shape: str) -> dict:
+    return next(o for o in facts["objects"] if o["shape"] == shape)
+
+
+# Where the subject would be for each relation to the anchor (row, col steps).
+_STEP = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}
+
+
+def spatial_positions(facts: dict, value: str) -> tuple[dict, dict]:
+    """Subject and anchor positions that make `value` the relation: the true ones for the target;
+    for another value, the anchor stays put and the subject moves next to it on that side (or, at
+    the border, the subject stays and the anchor moves), so a wrong reasoning is wrong in its facts
+    and consistent in its logic."""
+    subj, anchor = _find(facts, facts["subject"]), _find(facts, facts["anchor"])
+    if _relation(Obj(**subj), Obj(**anchor)) == value:
+        return subj, anchor
+    dr, dc = _STEP[value]
+    inside = range(GRID)
+    if anchor["row"] + dr in inside and anchor["col"] + dc in inside:
+        return {**subj, "row": anchor["row"] + dr, "col": anchor["col"] + dc}, anchor
+    if subj["row"] - dr in inside and subj["col"] - dc in inside:
+        return subj, {**anchor, "row": subj["row"] - dr, "col": subj["col"] - dc}
+    return {**subj, "row": 1 + dr, "col": 1 + dc}, {**anchor, "row": 1, "col": 1}
+
+
 def fact_text(facts: dict, value: str) -> str:
-    """The sentence of scene facts that makes `value` the answer (true only for the target)."""
+    """The scene facts that make `value` the answer (true only for the target). Each object the
+    question names is first located ("The square is at row 2 col 3."): one retrieval by shape per
+    sentence, the step the `find` warm-up of the SFT recipe trains, so a relation is read from two
+    written positions instead of being computed from the image in one pass."""
     fam = facts["family"]
     if fam == "spatial":
-        return f"The {facts['subject']} is {value} the {facts['anchor']}."
+        subj, anchor = spatial_positions(facts, value)
+        return (
+            f"The {subj['shape']} is {_at(subj)}. The {anchor['shape']} is {_at(anchor)}. "
+            f"So the {subj['shape']} is {value} the {anchor['shape']}."
+        )
     if fam == "count":
         return f"I count {value} {facts['subject']}s."
     if fam == "depth":
         return f"The {value} is the largest shape, so it is closest."
     if fam == "attribute":
-        return f"The small {facts['subject']} is {value}."
+        subj = _find(facts, facts["subject"])
+        return f"The small {subj['shape']} is {_at(subj)}. It is {value}."
     if fam == "twohop":
-        return f"The shape {facts['relation']} the {facts['anchor']} is the {facts['hop']}. It is {value}."
+        anchor = _find(facts, facts["anchor"])
+        return (
+            f"The {anchor['shape']} is {_at(anchor)}. "
+            f"The shape {facts['relation']} it is the {facts['hop']}. It is {value}."
+        )
     raise ValueError(f"unknown synth family {fam!r}")
 
 

@@ -1,13 +1,16 @@
 """`vlmstress train sft`: the seeded recipe that teaches the tiny Qwen2.5-VL to see and to reason.
 
 Naive SFT from scratch stays at chance (../shared/tiny-model-notes.md): the model learns the
-template but neither to see nor to map a value to its option letter. This recipe adds two warm-ups
-that supervise each skill directly, then moves to the study's format:
-- `describe`: "Describe the scene." -> every object with colour, size, shape, row and column
-  (dense perception supervision: every token of the target depends on the image);
-- `lookup`: a text-only question "Which option is X?" -> "The answer is X, option L." (the copy from
-  an option's text to its letter, learnt without the image);
-- `qa`: the benchmark question -> <think>{scene facts} The answer is X, option L.</think><answer>L</answer>;
+template but neither to see nor to map a value to its option letter. This recipe supervises each
+skill directly before and beside the study's format (docs/tiny-model.md has the measurements):
+- a vision warm-up (`pretrain_vision`) aligning each image token to the words of its cell's object;
+- `lookup`: a text-only question "Which option is X?" -> "The answer is:\nL. X" (the copy from an
+  option line to the reasoning's last line, learnt without the image);
+- `find`: "Where is the square?" -> "The square is at row 2 col 3. It is red." (one retrieval of an
+  object by its shape, the step every located fact of the reasoning repeats);
+- `compare`: text only, two written positions -> their relation and the option (spatial's last step);
+- `describe`: "Describe the scene." -> every object with colour, size, shape, row and column;
+- `qa`: the benchmark question -> <think>{scene facts} The answer is:\nL. X</think><answer>L</answer>;
 - the prompt shapes the perturbations use, so that evaluation measures what the model trusts rather
   than what it has never seen: a correct caption (`caption`, sometimes hedged), its own correct
   reasoning prefilled (`think`), the stop-think prefill (`stop`), and a hedged wrong reasoning
@@ -80,6 +83,27 @@ def make_example(kind: str, sample: Sample, rng: random.Random) -> Example:
             "",
             f"<think>The answer is:\n{target_letter}. {value}</think><answer>{target_letter}</answer>",
         )
+    if kind == "find":
+        # one retrieval by shape, the step every located fact of the reasoning repeats
+        shapes = [o["shape"] for o in sample.facts["objects"]]
+        o = rng.choice([o for o in sample.facts["objects"] if shapes.count(o["shape"]) == 1] or [None])
+        if o is None:
+            return make_example("describe", sample, rng)
+        name = o["shape"] if o["size"] == "medium" else f"{o['size']} {o['shape']}"
+        return Example(
+            f"Where is the {name}?",
+            sample.image,
+            "",
+            f"The {name} is at row {o['row'] + 1} col {o['col'] + 1}. It is {o['colour']}.",
+        )
+    if kind == "compare":
+        # text only: from two written positions to their relation and the option (spatial's last step)
+        if sample.family != "spatial":
+            raise ValueError("a compare example needs a spatial sample")
+        # any letter: its positions are then made up to fit, which varies the pairs compared
+        letter = rng.choice(letters(len(sample.options)))
+        located, _, rest = synth.think_text(sample, letter).partition(" So ")
+        return Example(user, None, f"<think>{located}", f" So {rest}</think><answer>{letter}</answer>")
     if kind == "qa":
         return Example(user, sample.image, "", full)
     if kind == "caption":
@@ -125,7 +149,8 @@ class Batcher:
         )
 
     def __call__(self, examples: list[Example]) -> dict:
-        texts = [self.prompt(ex) + ex.target + self.tok.eos_token for ex in examples]
+        prompts = [self.prompt(ex) for ex in examples]
+        texts = [p + ex.target + self.tok.eos_token for p, ex in zip(prompts, examples)]
         images = [ex.image for ex in examples if ex.image is not None]
         self.tok.padding_side = "right"
         try:
@@ -134,10 +159,13 @@ class Batcher:
             self.tok.padding_side = "left"
         labels = torch.full_like(enc["input_ids"], -100)
         lengths = enc["attention_mask"].sum(1).tolist()
-        for i, ex in enumerate(examples):
-            # Targets start at a tag or a space, where byte-level BPE never merges across the boundary,
-            # so the target's own token count marks where it begins.
-            n = len(self.tok(ex.target + self.tok.eos_token, add_special_tokens=False)["input_ids"])
+        for i, (prompt, text) in enumerate(zip(prompts, texts)):
+            # The target's tokens are those the full text has beyond its prompt (counted on the text,
+            # before the processor expands image tokens). Counting the target on its own would be off
+            # where byte-level BPE merges across the boundary (a hedge's last word with " The").
+            n = len(self.tok(text, add_special_tokens=False)["input_ids"]) - len(
+                self.tok(prompt, add_special_tokens=False)["input_ids"]
+            )
             labels[i, lengths[i] - n : lengths[i]] = enc["input_ids"][i, lengths[i] - n : lengths[i]]
         enc["labels"] = labels
         return dict(enc)
@@ -154,6 +182,8 @@ def corpus(n: int = 2000, seed: int = 0) -> list[str]:
             p = perturb(s, v, seed)
             texts += [p.user, p.prefill]
         texts += [answer_target(s, s.target), describe_text(s.facts), make_example("lookup", s, rng).user]
+        find = make_example("find", s, rng)
+        texts += [find.user, find.target]
     return texts
 
 
@@ -286,10 +316,13 @@ def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
         kinds, weights = zip(*phase.mix.items())
         examples = []
         for _ in range(cfg.batch_size):
+            kind = rng.choices(kinds, weights)[0]
             s = pool[rng.randrange(len(pool))]
+            if kind == "compare":  # spatial samples only: the pool's families come in turn
+                s = pool[rng.randrange(len(pool) // 5) * 5]
             if not phase.shuffle_options:
                 s = canonical(s)
-            examples.append(make_example(rng.choices(kinds, weights)[0], s, rng))
+            examples.append(make_example(kind, s, rng))
         batch = batcher(examples)
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, cfg)
@@ -328,7 +361,7 @@ def synth_accuracy(model, processor, n: int = 200, seed: int = 0) -> dict[str, f
     for start in range(0, n, 50):
         chunk = samples[start : start + 50]
         prompts = [perturb(s, "base", seed) for s in chunk]
-        for s, p, g in zip(chunk, prompts, vlm.generate(prompts, max_new_tokens=48)):
+        for s, p, g in zip(chunk, prompts, vlm.generate(prompts, max_new_tokens=64)):
             total[s.family] += 1
             right[s.family] += parse(g.text, p.options).answer == s.target
     acc = {f: round(right[f] / total[f], 3) for f in total}
