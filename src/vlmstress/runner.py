@@ -79,6 +79,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def flock_or_refuse(f, message: str) -> None:
+    """Take an exclusive flock on open file `f` at once, or refuse with a UsageError (one line)."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(message) from None
+
+
 @contextmanager
 def run_lock(out: Path) -> Iterator[None]:
     """Hold `out` for this process (flock, so the kernel releases it when the holder dies, however it
@@ -89,12 +97,7 @@ def run_lock(out: Path) -> Iterator[None]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / ".lock").open("w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(
-                f"another vlmstress process is writing to {out}; wait for it or use another --out"
-            ) from None
+        flock_or_refuse(f, f"another vlmstress process is writing to {out}; wait for it or use another --out")
         try:
             check_no_live_shard_writers(out)
             yield

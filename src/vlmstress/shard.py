@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from vlmstress.data.schema import Sample
-from vlmstress.errors import UsageError
 from vlmstress.runner import (
     RECORDS,
     RunSpec,
@@ -49,6 +48,7 @@ from vlmstress.runner import (
     check_same_run,
     commit_path,
     finish_run,
+    flock_or_refuse,
     plan,
     read_records,
     remove_stale_temps,
@@ -159,12 +159,7 @@ def rank_lock(out: Path, rank: int, world: int) -> Iterator[None]:
     path = _lock_path(out, rank, world)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(
-                f"another vlmstress process is writing shard {rank} of {world} in {out}"
-            ) from None
+        flock_or_refuse(f, f"another vlmstress process is writing shard {rank} of {world} in {out}")
         try:
             yield
         finally:
@@ -176,13 +171,11 @@ def check_no_live_shard_writers(out: Path) -> None:
     folder = Path(out) / SHARDS
     for path in sorted(folder.glob(".lock.rank*")) if folder.is_dir() else ():
         with path.open("a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UsageError(
-                    f"another vlmstress process is writing to {out} ({path.name[6:]}); "
-                    "wait for it or use another --out"
-                ) from None
+            flock_or_refuse(
+                f,
+                f"another vlmstress process is writing to {out} ({path.name[6:]}); "
+                "wait for it or use another --out",
+            )
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
