@@ -323,16 +323,16 @@ def assert_same_run(out: Path, reference: Path) -> None:
     assert not (out / "shards").exists()
 
 
+def torchrun_eval(out: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`vlmstress eval` of EVAL into `out` by two processes under torchrun."""
+    cmd = [*TORCHRUN, "vlmstress.cli", *EVAL, "--out", str(out)]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.slow
 def test_two_processes_under_torchrun_give_the_run_of_one(one_process, tmp_path):
     out = tmp_path / "run"
-    res = subprocess.run(
-        [*TORCHRUN, "vlmstress.cli", *EVAL, "--out", str(out)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = torchrun_eval(out, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("records, metrics and summary in") == 1  # rank 0 reports, once
     assert_same_run(out, one_process)
@@ -442,13 +442,7 @@ def test_a_launch_on_a_held_directory_is_refused_once_and_touches_nothing(tmp_pa
     (out / RECORDS).write_text('{"sample_id": "x", "variant": "base"}\n')
     with run_lock(out):
         before = {p.name: p.read_bytes() for p in out.iterdir()}
-        res = subprocess.run(
-            [*TORCHRUN, "vlmstress.cli", *EVAL, "--out", str(out)],
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        res = torchrun_eval(out, timeout=300)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert res.returncode != 0
     said = [line for line in res.stderr.splitlines() if line.startswith("vlmstress: ")]
