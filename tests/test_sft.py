@@ -1,5 +1,8 @@
 import json
 
+import pytest
+import torch
+
 from vlmstress.cli import main
 from vlmstress.data import synth
 from vlmstress.models.registry import load_model
@@ -76,3 +79,30 @@ def test_find_and_compare_examples():
         letter = ex.target[-len("X</answer>") : -len("</answer>")]
         assert ex.target.endswith(f"\n{letter}. {s.option_text(letter)}</think><answer>{letter}</answer>")
         assert ex.prefill + ex.target.split("</think>")[0] == "<think>" + synth.think_text(s, letter)
+
+
+def test_length_groups_give_the_whole_batch_loss_and_gradient():
+    # Running a batch as micro-batches of similar length must not change what is learnt.
+    import random
+
+    from vlmstress.models import tiny
+    from vlmstress.train.sft import Batcher, corpus, make_example, sft_backward
+
+    tok = tiny.build_tokenizer(corpus(n=100))
+    batcher = Batcher(tiny.build_processor(tok))
+    model = tiny.new_model(tok, "test", seed=0)
+    rng = random.Random(0)
+    samples = synth.generate(10, seed=0, split="train")
+    examples = [
+        make_example(k, s, rng) for s, k in zip(samples, ["qa", "lookup", "recover", "find", "stop"] * 2)
+    ]
+    results = []
+    for groups in (1, 3):
+        model.zero_grad()
+        loss = sft_backward(model, batcher, examples, groups)
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (loss1, grads1), (loss3, grads3) = results
+    assert loss1 == pytest.approx(loss3, rel=1e-5) and loss1 > 0
+    assert len(grads1) == len(grads3) > 0
+    for g1, g3 in zip(grads1, grads3):
+        torch.testing.assert_close(g1, g3, rtol=1e-4, atol=1e-6)

@@ -267,7 +267,7 @@ def test_target_reasoning_states_the_true_positions(samples):
         if s.family == "count":
             assert f"I count {value} {s.facts['subject']}s." in think
         if s.family == "depth":
-            assert f"The {value} is the largest shape" in think
+            assert f"The largest shape is the {value}," in think
     assert located == 40 * 2 + 40 + 40
 
 

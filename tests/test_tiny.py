@@ -79,12 +79,16 @@ def test_pre_tokenizer_cuts_option_lines_value_words_and_digits_whole(tok):
     assert "".join(pieces) == text
     # an option line is one piece, whatever it holds, up to the end of its line
     assert pieces[-6:-2] == ["\nA. left of", "\nC. below", "\nB. 12 (C) row 3", "\n"]
-    sentence = "So the square is left of the circle (C) at row 31 col 4, right?"
+    sentence = "So the square is left of the circle (C) at row 31 col 4, right? I count 3."
     pieces = _pieces(tok, sentence)
     assert "".join(pieces) == sentence
-    for piece in ["square", "left of", "circle", " (C)", "3", "1", "4", ",", "?"]:
+    # a position is one piece (" row 3", " col 4"); a digit elsewhere is a piece of its own
+    for piece in ["square", "left of", "circle", " (C)", " row 3", "1", " col 4", ",", "?", "3"]:
         assert piece in pieces, pieces
     assert "right" in "".join(pieces) and "right of" not in pieces  # a value word only when whole
+    # a hedged reasoning's option line ends before the hedge, so it is the plain line's piece
+    hedged = "The answer is:\nB. above but I think The square"
+    assert "\nB. above" in _pieces(tok, hedged)
 
 
 def test_option_lines_values_digits_and_tags_are_single_tokens(tok, texts):
@@ -99,9 +103,16 @@ def test_option_lines_values_digits_and_tags_are_single_tokens(tok, texts):
         assert word_id in _ids(tok, f"I count {word}, so")
     for digit in "0123456789":
         _single(tok, digit)
-    assert _ids(tok, "row 31 col 4") == _ids(tok, "row ") + [_single(tok, d) for d in "31"] + _ids(
-        tok, " col "
-    ) + [_single(tok, "4")]
+    positions = [f" {axis} {i}" for axis in ("row", "col") for i in range(1, 5)]
+    position_ids = [_single(tok, p) for p in positions]
+    assert len(set(position_ids)) == len(positions)
+    assert _ids(tok, "is at row 3 col 4.")[-3:] == [
+        _single(tok, " row 3"),
+        _single(tok, " col 4"),
+        _single(tok, "."),
+    ]
+    for role in ("user", "assistant"):  # the chat template's role names
+        _single(tok, role)
     for tag in TAGS:
         _single(tok, tag)
     assert _ids(tok, "<think>x</think><answer>B</answer>")[0] == tok.convert_tokens_to_ids("<think>")

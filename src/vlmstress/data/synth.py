@@ -271,7 +271,9 @@ def fact_text(facts: dict, value: str) -> str:
     if fam == "count":
         return f"I count {value} {facts['subject']}s."
     if fam == "depth":
-        return f"The {value} is the largest shape, so it is closest."
+        # "largest" comes before the shape it names: the shape is then read off the one large
+        # object's image token, the same retrieval as "the small diamond" of the attribute family
+        return f"The largest shape is the {value}, so it is closest."
     if fam == "attribute":
         subj = _find(facts, facts["subject"])
         return f"The small {subj['shape']} is {_at(subj)}. It is {value}."

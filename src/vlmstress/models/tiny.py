@@ -79,16 +79,25 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
     is one piece, which BPE merges into one token carrying both letter and text, so mapping a value
     to its letter is one attention step instead of an induction circuit (which a 1M-parameter model
     did not form in 16k examples here); likewise " (C)" after a value in the reasoning is one
-    token, predicted right at the value; punctuation, lone capitals, digits and the synthetic
-    benchmark's value words are pieces of their own, so a value in the reasoning is the same token
-    wherever it appears.
+    token, predicted right at the value; " row 3" and " col 2" are one token each, so a position
+    is a word the vision warm-up can align an image token to, like a colour; punctuation, lone
+    capitals, digits and the synthetic benchmark's value words are pieces of their own, so a value in
+    the reasoning is the same token wherever it appears. An option line stops before the think
+    hedge (" but I think"), so a hedged reasoning ends in the same option token as a plain one.
     """
+    import re
+
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from vlmstress.data.synth import VALUE_WORDS
+    from vlmstress.perturb import THINK_HEDGE
 
     words = "|".join(sorted(VALUE_WORDS, key=len, reverse=True))
-    pieces = rf"\n[A-Z]\. [^\n]*| \([A-Z]\)|\n|\b[A-Z]\b|[0-9]|[.,?:;]|\b(?:{words})\b"
+    hedge = re.escape(THINK_HEDGE)
+    pieces = (
+        rf"\n[A-Z]\. (?:(?!{hedge})[^\n])*| \([A-Z]\)| row [0-9]| col [0-9]|\n|\b[A-Z]\b|[0-9]|[.,?:;]"
+        rf"|\b(?:{words})\b"
+    )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [

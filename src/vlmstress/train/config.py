@@ -29,6 +29,8 @@ class SFTConfig(Strict):
     seed: int = 0
     max_steps: int = 6000
     batch_size: int = 32
+    # each batch runs as this many micro-batches of similar length: less padding, the same loss
+    length_groups: int = 2
     lr: float = 2e-3
     min_lr: float = 2e-4
     vision_lr_mult: float = 3.0
