@@ -284,3 +284,51 @@ def test_dynamics_log_on_resume_and_on_a_fresh_start(tmp_path):
     lay_out()
     callback.on_train_begin(None, SimpleNamespace(global_step=0, is_world_process_zero=True), None)
     assert rows_of(tmp_path) == [] and not list((tmp_path / "dynamics").iterdir())
+
+
+def test_trl_scores_completions_as_our_forward_pass_does(policy_dir, tmp_path):
+    """The log-probabilities GRPO's gradient is built from are those of the model that generated:
+    TRL's own forward (its mm_token_type_ids, 3-D rope, left padding) against the processor's inputs
+    for each whole sequence, one at a time."""
+    from vlmstress.train.grpo import build_trainer
+
+    cfg = config(policy_dir, tmp_path, temperature=1.0)
+    trainer, _ = build_trainer(cfg, seed=0, out=tmp_path / "run", log=lambda _: None)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        out = trainer._generate_and_score_completions(batch)
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+        mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+        trl_logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model,
+            ids,
+            mask,
+            out["completion_ids"].size(1),
+            pixel_values=out["pixel_values"],
+            image_grid_thw=out["image_grid_thw"],
+            num_images=out["num_images"],
+            mm_token_type_ids=out["mm_token_type_ids"],
+        )
+        proc, checked = trainer.processing_class, 0
+        image_tokens = int(out["image_grid_thw"][0].prod()) // 4  # merged 2x2
+        for i in range(ids.size(0)):
+            n = int(out["completion_mask"][i].sum())
+            if n == 0:
+                continue
+            # the prompt through the processor (its own image tokens and mm_token_type_ids), then the
+            # sampled completion's ids as they are (sampled text need not re-tokenize to them)
+            prompt = out["prompt_ids"][i][out["prompt_mask"][i].bool()]
+            text = proc.tokenizer.decode(prompt).replace("<|image_pad|>" * image_tokens, "<|image_pad|>")
+            enc = proc(text=[text], images=batch[i]["images"], return_tensors="pt")
+            assert enc["input_ids"][0].tolist() == prompt.tolist()
+            completion = out["completion_ids"][i][:n]
+            enc["input_ids"] = torch.cat([enc["input_ids"], completion[None]], 1)
+            for key in ("attention_mask", "mm_token_type_ids"):
+                fill = 1 if key == "attention_mask" else 0
+                enc[key] = torch.cat([enc[key], torch.full((1, n), fill, dtype=enc[key].dtype)], 1)
+            logps = torch.log_softmax(trainer.model(**enc).logits[0].float(), -1)
+            ours = logps[-n - 1 : -1].gather(1, completion[:, None])[:, 0]
+            torch.testing.assert_close(trl_logps[i][:n], ours, atol=1e-4, rtol=1e-4)
+            checked += 1
+    assert checked >= len(batch) // 2
