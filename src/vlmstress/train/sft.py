@@ -292,9 +292,10 @@ def lr_factor(step: int, cfg: SFTConfig) -> float:
 
 def sft_backward(model, batcher: Batcher, examples: list[Example], groups: int) -> torch.Tensor:
     """Backpropagate the batch's mean target-token loss, running it as `groups` micro-batches of
-    examples of similar length. Padding to the longest example of the whole batch cost about a
-    third of each step's matrix products (a recovery is twice as long as a lookup); weighting each
-    micro-batch's mean by its share of target tokens keeps the loss that of the whole batch."""
+    examples of similar length: padding every example to the longest of the whole batch wastes
+    compute (a recovery is twice as long as a lookup); 3 groups took a step from 0.63 to 0.58 s
+    here. Weighting each micro-batch's mean by its share of target tokens keeps the loss (and the
+    gradient) that of the whole batch."""
     examples = sorted(
         examples, key=lambda ex: len(ex.user) + len(ex.prefill) + len(ex.target) + 64 * (ex.image is not None)
     )
