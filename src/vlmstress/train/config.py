@@ -30,7 +30,7 @@ class SFTConfig(Strict):
     max_steps: int = 6000
     batch_size: int = 32
     # each batch runs as this many micro-batches of similar length: less padding, the same loss
-    length_groups: int = 2
+    length_groups: int = Field(default=3, gt=0)
     lr: float = 2e-3
     min_lr: float = 2e-4
     vision_lr_mult: float = 3.0
