@@ -119,6 +119,9 @@ def test_short_run_moves_the_weights_and_writes_dynamics(policy_dir, full_run):
     assert list((out / "runs" / "dynamics").glob("events.out.tfevents.*"))
     # checkpoints hold safetensors weights; the final folder loads as a tiny:DIR model
     assert (out / "checkpoint-4" / "model.safetensors").is_file()
+    # and no pickle: the training arguments are JSON
+    assert not list(out.rglob("training_args.bin"))
+    assert json.loads((out / "checkpoint-4" / "training_args.json").read_text())["seed"] == 0
     from vlmstress.models.tiny import load_tiny
 
     assert load_tiny(final).generate  # loads without error

@@ -21,6 +21,15 @@ STEPS = 2
 N = 5
 
 
+def test_default_config_ships_inside_the_package():
+    """An installed (not editable) vlmstress has no configs/ folder: the demo's config is package data,
+    and the checkout's configs/grpo-tiny.yaml is that same file."""
+    package = Path(study.__file__).resolve().parent
+    assert study.DEFAULT_CONFIG.is_file() and study.DEFAULT_CONFIG.is_relative_to(package)
+    checkout = package.parents[1] / "configs" / "grpo-tiny.yaml"
+    assert checkout.resolve() == study.DEFAULT_CONFIG
+
+
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
     """configs/grpo-tiny.yaml at test size: a small pool, 2 prompts x 4 completions per step."""

@@ -51,8 +51,9 @@ DEFAULT_SEEDS = (0, 1)
 DEFAULT_DYNAMICS_N = 40
 DYNAMICS_POINTS = 3
 EVAL_BATCH = 64  # the tiny model's evaluation is ~1.6x faster at 64 prompts a batch than at 16
-# A source checkout (`pip install -e .`, as the README sets up) has the configs beside src/.
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grpo-tiny.yaml"
+# Shipped inside the package, so an installed (not editable) vlmstress finds it too; a source
+# checkout's configs/grpo-tiny.yaml is a link to this file.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "assets" / "configs" / "grpo-tiny.yaml"
 DONE = "trained.json"
 
 

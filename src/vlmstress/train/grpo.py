@@ -9,8 +9,9 @@ What this module adds around the trainer:
 - the reward functions and weights (train/rewards.py), passed as `reward_funcs` / `reward_weights`;
 - the dynamics callback (train/dynamics.py);
 - checkpoints every `save_steps` (safetensors weights; optimizer, scheduler and RNG state as the
-  Trainer writes them and reloads them with `weights_only=True`), and automatic resume from the
-  last one in the output folder; the final policy in `out/final`, loadable as `tiny:out/final` or
+  Trainer writes them and reloads them with `weights_only=True`; the training arguments as JSON in
+  place of the Trainer's pickled training_args.bin), and automatic resume from the last one in the
+  output folder; the final policy in `out/final`, loadable as `tiny:out/final` or
   `hf:out/final`.
 """
 
@@ -221,10 +222,28 @@ def build_trainer(
         args=args,
         train_dataset=dataset,
         processing_class=processor,
-        callbacks=[dynamics, *callbacks],
+        callbacks=[dynamics, _ArgsAsJson(), *callbacks],
     )
     dynamics.trainer = trainer
     return trainer, dynamics
+
+
+def _ArgsAsJson():
+    """A callback that replaces each checkpoint's training_args.bin (the Trainer pickles its
+    arguments there, and only a full unpickle can read it) with training_args.json. Nothing reads
+    the .bin back: a resume takes its arguments from the config, its state from trainer_state.json."""
+    from transformers import TrainerCallback
+    from transformers.trainer import TRAINING_ARGS_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class ArgsAsJson(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+                (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+                (folder / "training_args.json").write_text(args.to_json_string())
+
+    return ArgsAsJson()
 
 
 class _ResumeKeyWarnings(logging.Filter):
