@@ -404,6 +404,8 @@ def test_labels(runs):
     assert short_model("openai:gpt-4o@http://localhost:8000/v1") == "openai:gpt-4o"
     assert short_model("hf:Qwen/Qwen2.5-VL-7B-Instruct") == "hf:Qwen/Qwen2.5-VL-7B-Instruct"
     assert short_model("tiny") == "tiny"
+    assert short_model("tiny:/tmp/demo/train/plain-seed-0/final") == "tiny:plain-seed-0/final"
+    assert short_model("hf:runs/g/checkpoint-40") == "hf:g/checkpoint-40"
     assert [r.label for r in load_runs(runs["dirs"])] == ["replay:run-a", "replay:run-b"]
 
 

@@ -116,13 +116,18 @@ def short_model(spec: str) -> str:
 
     `replay:/tmp/x/run-a.jsonl` -> `replay:run-a`, `openai:gpt-4o@http://host/v1` -> `openai:gpt-4o`.
     Hub ids (`hf:Qwen/Qwen2.5-VL-7B-Instruct`) are kept whole: the organisation is part of the name.
+    A training run's output keeps its run folder: `tiny:runs/demo/plain-seed-0/final` ->
+    `tiny:plain-seed-0/final` (every run's policy is called `final`).
     """
     kind, sep, rest = spec.partition(":")
     if not sep:
         return spec
     rest = rest.split("@")[0] if kind == "openai" else rest
     if rest.startswith(("/", ".", "~")) or rest.count("/") > 1:
-        rest = Path(rest).stem if Path(rest).suffix else Path(rest).name
+        path = Path(rest)
+        rest = path.stem if path.suffix else path.name
+        if rest == "final" or rest.startswith("checkpoint-"):
+            rest = f"{path.parent.name}/{rest}"
     return f"{kind}:{rest}"
 
 
