@@ -41,9 +41,10 @@ from vlmstress.errors import UsageError
 if TYPE_CHECKING:
     from vlmstress.train.config import GRPORunConfig
 
-# The study's default size, to finish within 15 minutes on 2 CPU cores: measured 12.5 minutes (one
-# core shared with another job; a GRPO run ~65 s, an evaluation ~19 s, the HTML report ~70 s).
-DEFAULT_GRPO_STEPS = 20
+# The study's default size, to finish within 15 minutes on 2 CPU cores. A GRPO step of the default
+# config (32 prompts x 8 completions) takes 10-14 s on one core (augmented prompts are longer); at 6
+# steps a run with its dynamics took 75-90 s and an evaluation ~21 s, ~16 minutes in all: 5 steps.
+DEFAULT_GRPO_STEPS = 5
 DEFAULT_N = 150
 DEFAULT_SEEDS = (0, 1)
 # Held-out samples per dynamics evaluation, and how many evaluations a run gets after step 0: enough
