@@ -222,13 +222,13 @@ def build_trainer(
         args=args,
         train_dataset=dataset,
         processing_class=processor,
-        callbacks=[dynamics, _ArgsAsJson(), *callbacks],
+        callbacks=[dynamics, _args_as_json_callback(), *callbacks],
     )
     dynamics.trainer = trainer
     return trainer, dynamics
 
 
-def _ArgsAsJson():
+def _args_as_json_callback():
     """A callback that replaces each checkpoint's training_args.bin (the Trainer pickles its
     arguments there, and only a full unpickle can read it) with training_args.json. Nothing reads
     the .bin back: a resume takes its arguments from the config, its state from trainer_state.json."""
