@@ -1,10 +1,14 @@
 """What vlmstress adds to a GRPO step, and what the dynamics evaluation costs.
 
-Times steps of two GRPOTrainers on the same tiny model, data, batch and generations, side by side in
-one process (alternating rounds, so machine load hits both alike):
+Times steps of three GRPOTrainers on the same tiny model, data, batch size and generations, side by
+side in one process (rounds in rotating order, so machine load hits each alike):
 - `ours`: the trainer `vlmstress train grpo` builds (format + accuracy rewards, augmentation, the
   prefill-aware chat template), its dynamics callback detached;
+- `ours-noaug`: the same with augmentation off;
 - `plain`: TRL's GRPOTrainer with the base prompts and one plain accuracy reward (a regex).
+step_ratio = ours / plain, the product of what our code adds (ours-noaug / plain) and what the
+augmented prompts cost (ours / ours-noaug: captions and think prefills make prompts longer, and a
+padded batch is as long as its longest prompt), both printed.
 Then times one dynamics evaluation at the config's settings and reports the share of wall time it
 takes when it runs every `eval_every` steps.
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="configs/grpo-tiny.yaml")
     p.add_argument("--steps", type=int, default=4, help="timed steps per round and trainer")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each round")
-    p.add_argument("--rounds", type=int, default=6, help="alternating rounds: load changes hit both")
+    p.add_argument("--rounds", type=int, default=6, help="rounds in rotating order: load changes hit all")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -135,30 +139,43 @@ def main(argv: list[str] | None = None) -> None:
                 "dynamics": dyn,
             }
         )
-        ours_timer, plain_timer = StepTimer(), StepTimer()
         quiet = lambda _: None  # noqa: E731
-        ours, dynamics = build_trainer(cfg, seed=0, out=tmp / "ours", log=quiet, callbacks=[ours_timer])
-        # Evaluation is timed on its own below, not at the end of every timing round.
-        ours.remove_callback(dynamics)
-        plain = plain_trainer(cfg, tmp / "plain", plain_timer)
-        ours_times: list[float] = []
-        plain_times: list[float] = []
+        runs, dynamics = {}, None
+        no_augment = cfg.augment.model_copy(update=dict.fromkeys(type(cfg.augment).model_fields, 0.0))
+        for name, run_cfg in (("ours", cfg), ("ours-noaug", cfg.model_copy(update={"augment": no_augment}))):
+            timer = StepTimer()
+            trainer, dyn_cb = build_trainer(run_cfg, seed=0, out=tmp / name, log=quiet, callbacks=[timer])
+            # Evaluation is timed on its own below, not at the end of every timing round.
+            trainer.remove_callback(dyn_cb)
+            runs[name] = (trainer, timer)
+            dynamics = dynamics or dyn_cb
+        timer = StepTimer()
+        runs["plain"] = (plain_trainer(cfg, tmp / "plain", timer), timer)
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
         for r in range(args.rounds):
-            order = [(ours, ours_timer, ours_times), (plain, plain_timer, plain_times)]
-            for trainer, timer, times in order if r % 2 == 0 else order[::-1]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                trainer, timer = runs[name]
                 timer.times.clear()
                 trainer.train()
-                times += timer.times[args.warmup :]
-        t_ours, t_plain = statistics.median(ours_times), statistics.median(plain_times)
+                times[name] += timer.times[args.warmup :]
+        med = {name: statistics.median(t) for name, t in times.items()}
+        t_ours = med["ours"]
         print(
             f"GRPO step, {cfg.per_device_train_batch_size} completions (G = {cfg.num_generations}), "
-            f"max {cfg.max_completion_length} tokens, {args.threads} thread(s):"
+            f"max {cfg.max_completion_length} tokens, {args.threads} thread(s), "
+            f"median over {len(times['ours'])} steps:"
         )
-        print(f"  vlmstress (rewards + augmentation): median {t_ours:.3f} s over {len(ours_times)} steps")
-        print(f"  plain TRL (regex accuracy reward):  median {t_plain:.3f} s over {len(plain_times)} steps")
+        print(f"  vlmstress (rewards + augmentation):  {t_ours:.3f} s")
+        print(f"  vlmstress, augmentation off:         {med['ours-noaug']:.3f} s")
+        print(f"  plain TRL (regex accuracy reward):   {med['plain']:.3f} s")
+        print(
+            f"  our code x{med['ours-noaug'] / med['plain']:.3f} (ours-noaug / plain), "
+            f"augmented prompts x{t_ours / med['ours-noaug']:.3f} (ours / ours-noaug)"
+        )
 
         t0 = time.perf_counter()
-        dynamics.evaluate(ours.model, 0)
+        dynamics.evaluate(runs["ours"][0].model, 0)
         t_eval = time.perf_counter() - t0
         n = len(dynamics.samples) * len(dynamics.variants)
         share = t_eval / (t_eval + eval_every * t_ours)
@@ -166,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             f"  dynamics evaluation: {t_eval:.1f} s for {n} generations "
             f"({len(dynamics.samples)} samples x {len(dynamics.variants)} variants), every {eval_every} steps"
         )
-    print(f"step_ratio={t_ours / t_plain:.3f} eval_share={share:.3f}")
+    print(f"step_ratio={t_ours / med['plain']:.3f} eval_share={share:.3f}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from vlmstress.data import synth
 from vlmstress.data.images import load_image
 from vlmstress.errors import UsageError
 from vlmstress.train import data as train_data
@@ -197,3 +198,19 @@ def test_synth_source_and_errors():
     with pytest.raises(UsageError):
         load_source("geometry3k")
     assert train_data.DEFAULT_SPLIT["sat"] == "static"
+
+
+def test_synth_families_pick_question_families():
+    picked = load_source("synth", n=6, families=["count", "twohop"])
+    assert [s.family for s in picked] == ["count", "twohop"] * 3
+    assert len({s.sample_id for s in picked}) == 6
+    # the default stream is unchanged by the option's existence
+    assert [s.family for s in load_source("synth", n=5)] == list(synth.FAMILIES)
+    with pytest.raises(UsageError, match="synth families"):
+        load_source("synth", n=2, families=["geometry"])
+    with pytest.raises(ValueError, match="synth source only"):
+        DataSource(source="sat", families=["count"])
+    with pytest.raises(ValueError, match="unknown synth families"):
+        DataSource(source="synth", families=["count", "geometry"])
+    src = DataSource(source="synth", n=4, families=["count"])
+    assert {s.family for s in load_training_samples([src], seed=0, log=lambda _: None)} == {"count"}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,9 +220,17 @@ def make_sample(index: int, seed: int, split: str = "test", family: str | None =
     )
 
 
-def generate(n: int, *, seed: int = 0, split: str = "test") -> list[Sample]:
-    """n samples, the five families in turn; the same (n, seed, split) always gives the same set."""
-    return [make_sample(i, seed, split) for i in range(n)]
+def generate(
+    n: int, *, seed: int = 0, split: str = "test", families: Sequence[str] | None = None
+) -> list[Sample]:
+    """n samples, the five families (or `families`) in turn; the same arguments always give the
+    same set."""
+    if families is None:
+        return [make_sample(i, seed, split) for i in range(n)]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown or not families:
+        raise ValueError(f"synth families must be among {', '.join(FAMILIES)}, got {list(families)}")
+    return [make_sample(i, seed, split, families[i % len(families)]) for i in range(n)]
 
 
 # --- reasoning and captions, written from the facts for any option -----------------------------

@@ -79,6 +79,20 @@ class DataSource(Strict):
     data_dir: str | None = None  # a local copy laid out as the hub repository; else the hub
     hub_id: str | None = None  # default: array/SAT, allenai/pixmo-count
     download_images: bool = False  # pixmo-count: fetch image URLs not found locally
+    # synth: only these question families, in turn (e.g. [count, twohop], where the tiny model errs)
+    families: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _families_are_synths(self) -> DataSource:
+        if self.families is not None:
+            from vlmstress.data.synth import FAMILIES
+
+            if self.source != "synth":
+                raise ValueError("families applies to the synth source only")
+            unknown = sorted(set(self.families) - set(FAMILIES))
+            if unknown:
+                raise ValueError(f"unknown synth families {unknown}; known: {', '.join(FAMILIES)}")
+        return self
 
 
 class RewardTerm(Strict):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import random
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -273,15 +273,20 @@ def load_source(
     hub_id: str | None = None,
     seed: int = 0,
     download_images: bool = False,
+    families: Sequence[str] | None = None,
 ) -> list[Sample]:
-    """Samples of one training source (error samples included: the caller decides what to do)."""
+    """Samples of one training source (error samples included: the caller decides what to do);
+    `families` picks synth's question families."""
     split = split or DEFAULT_SPLIT.get(source, "train")
     if source == "synth":
         from vlmstress.data import synth
 
         if split not in synth.SPLIT_SALT:
             raise UsageError(f"synth split must be one of {', '.join(synth.SPLIT_SALT)}, got {split!r}")
-        return synth.generate(n or 2000, seed=seed, split=split)
+        try:
+            return synth.generate(n or 2000, seed=seed, split=split, families=families)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if source == "sat":
         return load_sat(data_dir=data_dir, hub_id=hub_id or SAT_HUB_ID, split=split, limit=n, seed=seed)
     if source == "pixmo-count":
@@ -311,6 +316,7 @@ def load_training_samples(
             hub_id=src.hub_id,
             seed=seed,
             download_images=src.download_images,
+            families=src.families,
         )
         bad = [s for s in got if s.error]
         if bad:
