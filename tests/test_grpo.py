@@ -233,6 +233,17 @@ def test_config_errors(policy_dir, tmp_path):
         trl_config(config(policy_dir, tmp_path, num_generations=3), seed=0, out=tmp_path, reward_weights=[1])
     with pytest.raises(UsageError, match="tiny weights|config.json"):
         train_grpo(config(policy_dir, tmp_path, init=f"tiny:{tmp_path}"))
+    with pytest.raises(UsageError, match="warmup_steps"):
+        config(policy_dir, tmp_path, warmup_steps=2.5)
+
+
+def test_warmup_is_steps_or_a_fraction_of_max_steps(policy_dir, tmp_path):
+    def warmup(value, max_steps):
+        cfg = config(policy_dir, tmp_path, warmup_steps=value, max_steps=max_steps)
+        return trl_config(cfg, seed=0, out=tmp_path, reward_weights=[1]).get_warmup_steps(max_steps)
+
+    assert warmup(0.08, 120) == 10 and warmup(0.08, 5) == 1
+    assert warmup(10, 120) == 10 and warmup(10.0, 5) == 10
 
 
 def test_seeds(policy_dir, tmp_path):

@@ -42,6 +42,8 @@ def config_file(tmp_path_factory) -> Path:
         torch_threads=1,
         save_steps=STEPS,
         logging_steps=1,
+        # rates of its own, so the augment arms can be seen to take the config's
+        augment={"correct_think": 0.1, "wrong_think": 0.2, "correct_caption": 0.1, "wrong_caption": 0.2},
     )
     raw["dynamics"].update(variants=["base"], max_new_tokens=32)
     path = tmp_path_factory.mktemp("config") / "grpo.yaml"
@@ -241,6 +243,17 @@ def test_arm_config_switches_only_augmentation_and_reward_gating(config_file):
         )
         assert same, arm.name
     assert len({json.dumps(c.model_dump(), sort_keys=True) for c in configs.values()}) == len(ARMS)
+
+
+def test_augment_arms_of_a_config_without_augmentation_take_ten_percent_each(config_file, tmp_path):
+    raw = yaml.safe_load(config_file.read_text())
+    raw["augment"] = dict.fromkeys(raw["augment"], 0.0)  # as the shipped grpo-tiny.yaml
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    base = study.base_config(settings(Path("unused"), path))
+    for arm in ARMS:
+        rates = study.arm_config(base, arm).augment.model_dump()
+        assert rates == (dict.fromkeys(rates, 0.1) if arm.augment else dict.fromkeys(rates, 0.0))
 
 
 def _metrics(base: float, entropy: float | None, followed: float) -> dict:

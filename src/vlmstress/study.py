@@ -5,7 +5,7 @@ trained over several seeds; the SFT model and every arm's final policy are evalu
 perturbation suite on the synthetic test split (rule judge), and one table compares the arms:
 
   plain             GRPO with the config's rewards, no augmentation
-  augment           + adversarial prompt augmentation (the config's rates, 10% each by default)
+  augment           + adversarial prompt augmentation (the config's rates; 10% each if it has none)
   faithful          + the faithfulness-aware reward: every reward term x 1[judge says consistent]
   augment+faithful  both
 
@@ -80,7 +80,12 @@ def arm_config(base: GRPORunConfig, arm: Arm) -> GRPORunConfig:
     """`base` with the arm's augmentation and reward gating; everything else as in `base`."""
     from vlmstress.train.config import AugmentRates
 
-    rates = base.augment if arm.augment else AugmentRates(**dict.fromkeys(AugmentRates.model_fields, 0.0))
+    off = AugmentRates(**dict.fromkeys(AugmentRates.model_fields, 0.0))
+    if arm.augment:
+        # the config's rates; a config that trains without augmentation gets 10% each
+        rates = base.augment if any(base.augment.model_dump().values()) else AugmentRates()
+    else:
+        rates = off
     rewards = [term.model_copy(update={"faithful": arm.faithful}) for term in base.rewards]
     return base.model_copy(update={"augment": rates, "rewards": rewards})
 
@@ -126,8 +131,6 @@ def base_config(settings: StudySettings) -> GRPORunConfig:
         raise UsageError(f"GRPO config not found: {settings.config} (pass --config FILE.yaml)")
     cfg = load_config(settings.config, GRPORunConfig)
     assert isinstance(cfg, GRPORunConfig)
-    if not any(cfg.augment.model_dump().values()):
-        raise UsageError(f"{settings.config}: the augment arms need augmentation rates above 0")
     dynamics = cfg.dynamics.model_copy(
         update={
             "n": min(cfg.dynamics.n, settings.dynamics_n),

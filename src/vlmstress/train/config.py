@@ -167,7 +167,8 @@ class GRPORunConfig(Strict):
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     learning_rate: float = Field(default=1e-6, gt=0)
     lr_scheduler_type: str = "constant"
-    warmup_steps: int = Field(default=0, ge=0)
+    # linear warmup: a whole number of steps, or a fraction in [0, 1) of max_steps (as transformers)
+    warmup_steps: float = Field(default=0, ge=0)
     beta: float = Field(default=0.0, ge=0)
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
@@ -199,6 +200,14 @@ class GRPORunConfig(Strict):
     vllm_group_port: int = Field(default=51216, ge=1, le=65535)  # the weight-update group's port
 
     trl: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _warmup_is_steps_or_a_fraction(self) -> GRPORunConfig:
+        if self.warmup_steps >= 1 and not float(self.warmup_steps).is_integer():
+            raise ValueError("warmup_steps must be a whole number of steps or a fraction below 1")
+        if self.warmup_steps >= 1:
+            self.warmup_steps = int(self.warmup_steps)
+        return self
 
     @model_validator(mode="after")
     def _vllm_settings_fit_the_mode(self) -> GRPORunConfig:
