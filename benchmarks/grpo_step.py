@@ -2,8 +2,9 @@
 
 Times steps of three GRPOTrainers on the same tiny model, data, batch size and generations, side by
 side in one process (rounds in rotating order, so machine load hits each alike):
-- `ours`: the trainer `vlmstress train grpo` builds (format + accuracy rewards, augmentation, the
-  prefill-aware chat template), its dynamics callback detached;
+- `ours`: the trainer `vlmstress train grpo` builds (format + accuracy rewards, augmentation at the
+  config's rates or, as the demo's augment arm, 10% each when it has none, the prefill-aware chat
+  template), its dynamics callback detached;
 - `ours-noaug`: the same with augmentation off;
 - `plain`: TRL's GRPOTrainer with the base prompts and one plain accuracy reward (a regex).
 step_ratio = ours / plain, the product of what our code adds (ours-noaug / plain) and what the
@@ -113,6 +114,7 @@ def plain_trainer(cfg: GRPORunConfig, out: Path, timer: StepTimer):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from vlmstress import study
     from vlmstress.train.grpo import build_trainer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -141,8 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         quiet = lambda _: None  # noqa: E731
         runs, dynamics = {}, None
-        no_augment = cfg.augment.model_copy(update=dict.fromkeys(type(cfg.augment).model_fields, 0.0))
-        for name, run_cfg in (("ours", cfg), ("ours-noaug", cfg.model_copy(update={"augment": no_augment}))):
+        # Augmentation as the demo's augment arms take it: the config's rates, or 10% each without any.
+        arms = {arm.name: arm for arm in study.ARMS}
+        for name, arm in (("ours", "augment"), ("ours-noaug", "plain")):
+            run_cfg = study.arm_config(cfg, arms[arm])
             timer = StepTimer()
             trainer, dyn_cb = build_trainer(run_cfg, seed=0, out=tmp / name, log=quiet, callbacks=[timer])
             # Evaluation is timed on its own below, not at the end of every timing round.

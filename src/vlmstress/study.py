@@ -42,9 +42,10 @@ if TYPE_CHECKING:
     from vlmstress.train.config import GRPORunConfig
 
 # The study's default size, to finish within 15 minutes on 2 CPU cores. A GRPO step of the default
-# config (32 prompts x 8 completions) takes 10-14 s on one core (augmented prompts are longer); at 6
-# steps a run with its dynamics took 75-90 s and an evaluation ~21 s (the first arms of a demo
-# stopped early), ~16 minutes projected for the whole: so 5 steps (measured: 13 min 29 s).
+# config (32 prompts x 8 completions) takes 10-14 s on one core (augmented prompts are longer); a
+# 5-step run with its dynamics takes 60-70 s and an evaluation ~20 s: 13 min 13 s for the whole
+# demo on an idle machine. 5 steps exercise every part of the study but do not move accuracy (the
+# config's 120 steps do: docs/tiny-model.md).
 DEFAULT_GRPO_STEPS = 5
 DEFAULT_N = 150
 DEFAULT_SEEDS = (0, 1)
