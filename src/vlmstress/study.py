@@ -81,12 +81,12 @@ def arm_config(base: GRPORunConfig, arm: Arm) -> GRPORunConfig:
     """`base` with the arm's augmentation and reward gating; everything else as in `base`."""
     from vlmstress.train.config import AugmentRates
 
-    off = AugmentRates(**dict.fromkeys(AugmentRates.model_fields, 0.0))
-    if arm.augment:
-        # the config's rates; a config that trains without augmentation gets 10% each
-        rates = base.augment if any(base.augment.model_dump().values()) else AugmentRates()
-    else:
-        rates = off
+    if not arm.augment:
+        rates = AugmentRates(**dict.fromkeys(AugmentRates.model_fields, 0.0))
+    elif any(base.augment.model_dump().values()):
+        rates = base.augment
+    else:  # a config that trains without augmentation: the arm takes the default, 10% each
+        rates = AugmentRates()
     rewards = [term.model_copy(update={"faithful": arm.faithful}) for term in base.rewards]
     return base.model_copy(update={"augment": rates, "rewards": rewards})
 
