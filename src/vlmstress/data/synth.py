@@ -227,10 +227,15 @@ def generate(
     same set."""
     if families is None:
         return [make_sample(i, seed, split) for i in range(n)]
+    check_families(families)
+    return [make_sample(i, seed, split, families[i % len(families)]) for i in range(n)]
+
+
+def check_families(families: Sequence[str]) -> None:
+    """A ValueError unless `families` is a non-empty list of FAMILIES."""
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown or not families:
-        raise ValueError(f"synth families must be among {', '.join(FAMILIES)}, got {list(families)}")
-    return [make_sample(i, seed, split, families[i % len(families)]) for i in range(n)]
+        raise ValueError(f"unknown synth families {unknown or list(families)}; known: {', '.join(FAMILIES)}")
 
 
 # --- reasoning and captions, written from the facts for any option -----------------------------

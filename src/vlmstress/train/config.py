@@ -85,13 +85,11 @@ class DataSource(Strict):
     @model_validator(mode="after")
     def _families_are_synths(self) -> DataSource:
         if self.families is not None:
-            from vlmstress.data.synth import FAMILIES
+            from vlmstress.data.synth import check_families
 
             if self.source != "synth":
                 raise ValueError("families applies to the synth source only")
-            unknown = sorted(set(self.families) - set(FAMILIES))
-            if unknown:
-                raise ValueError(f"unknown synth families {unknown}; known: {', '.join(FAMILIES)}")
+            check_families(self.families)
         return self
 
 
@@ -203,9 +201,9 @@ class GRPORunConfig(Strict):
 
     @model_validator(mode="after")
     def _warmup_is_steps_or_a_fraction(self) -> GRPORunConfig:
-        if self.warmup_steps >= 1 and not float(self.warmup_steps).is_integer():
-            raise ValueError("warmup_steps must be a whole number of steps or a fraction below 1")
         if self.warmup_steps >= 1:
+            if not float(self.warmup_steps).is_integer():
+                raise ValueError("warmup_steps must be a whole number of steps or a fraction below 1")
             self.warmup_steps = int(self.warmup_steps)
         return self
 
