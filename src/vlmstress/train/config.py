@@ -178,6 +178,9 @@ class GRPORunConfig(Strict):
     save_steps: int = Field(default=250, gt=0)
     save_total_limit: int | None = Field(default=2, gt=0)
     logging_steps: int = Field(default=10, gt=0)
+    # Generate and score each batch in at most this many groups of rows of similar length, so short
+    # rows are not padded to the longest (train/length_groups.py); 1 = TRL's single padded batch.
+    length_groups: int = Field(default=4, ge=1)
 
     # Generation with vLLM (`pip install -e ".[vllm]"`; GRPOConfig's names and defaults): `colocate`
     # runs a vLLM engine inside each training process, on its GPU; `server` sends the prompts to a

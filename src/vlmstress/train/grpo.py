@@ -1,5 +1,6 @@
 """`vlmstress train grpo`: TRL's GRPOTrainer, configured with our rewards, data, augmentation and
-dynamics callback. Nothing of GRPO itself lives here.
+dynamics callback. Nothing of GRPO itself lives here: the trainer is TRL's, its batched model calls
+cut into length groups (train/length_groups.py).
 
 What this module adds around the trainer:
 - the policy from a model SPEC (`tiny`, `tiny:DIR`, `hf:ID_OR_PATH`) with its processor, whose chat
@@ -182,11 +183,11 @@ def build_trainer(
     """(GRPOTrainer, DynamicsCallback) for one run of `cfg` with training seed `seed`; `resume` is the
     checkpoint folder the run will resume from (its weights are loaded here, see load_policy)."""
     from transformers import set_seed
-    from trl import GRPOTrainer
 
     from vlmstress.train.augment import build_dataset
     from vlmstress.train.data import load_training_samples
     from vlmstress.train.dynamics import DynamicsCallback
+    from vlmstress.train.length_groups import LengthGroupedGRPOTrainer
 
     # The cheap checks first (TRL's own included), so a bad setting fails before data and weights load.
     funcs, weights = reward_functions(cfg)
@@ -216,13 +217,14 @@ def build_trainer(
         at_start=dyn.at_start,
         log=log,
     )
-    trainer = GRPOTrainer(
+    trainer = LengthGroupedGRPOTrainer(
         model=model,
         reward_funcs=funcs,
         args=args,
         train_dataset=dataset,
         processing_class=processor,
         callbacks=[dynamics, _args_as_json_callback(), *callbacks],
+        length_groups=cfg.length_groups,
     )
     dynamics.trainer = trainer
     return trainer, dynamics
