@@ -78,12 +78,10 @@ def test_take_rows_gathers_each_rows_images_and_tokens():
     assert take_rows({"pixel_values": pixels}, [0], num_images) is None
 
 
-@pytest.fixture(scope="module")
-def trainer(tiny_ckpt, tmp_path_factory):
+def build(tiny_ckpt, tmp):
     """A trainer on a batch of 16 rows whose prompts differ in length: 60% carry a caption or a think."""
     from vlmstress.train.grpo import build_trainer
 
-    tmp = tmp_path_factory.mktemp("groups")
     raw = {
         "init": f"tiny:{tiny_ckpt}",
         "data": [{"source": "synth", "n": 16}],
@@ -93,10 +91,22 @@ def trainer(tiny_ckpt, tmp_path_factory):
         "max_completion_length": 12,
         "dynamics": {"n": 2, "variants": ["base"]},
     }
+    tmp.mkdir(exist_ok=True)
     (tmp / "grpo.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp / "grpo.yaml", GRPORunConfig)
-    trainer, _ = build_trainer(cfg, seed=0, out=tmp / "run", log=lambda _: None)
-    return trainer
+    return build_trainer(cfg, seed=0, out=tmp / "run", log=lambda _: None)[0]
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_ckpt, tmp_path_factory):
+    return build(tiny_ckpt, tmp_path_factory.mktemp("groups"))
+
+
+def test_sliced_weights_are_not_grouped(tiny_ckpt, tmp_path, monkeypatch):
+    """Under ZeRO-3 / FSDP each model call gathers the weights: one call, as TRL makes it."""
+    assert build(tiny_ckpt, tmp_path / "whole").length_groups == 4
+    monkeypatch.setattr("vlmstress.train.length_groups.weights_sharded", lambda accelerator: True)
+    assert build(tiny_ckpt, tmp_path / "sliced").length_groups == 1
 
 
 def generate(trainer, batch, groups):

@@ -16,8 +16,8 @@ float rounding, and greedy completions are the same (tests/test_length_groups.py
 from the same distribution, in another order of random numbers.
 
 Only layouts split row by row here are grouped: text only, and images in the Qwen-VL layout
-(`pixel_values` rows per image from `image_grid_thw`). Any other layout, vLLM and TRL's continuous
-batching go through TRL unchanged.
+(`pixel_values` rows per image from `image_grid_thw`). Any other layout, vLLM, TRL's continuous
+batching and sliced weights (ZeRO-3, FSDP) go through TRL unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from trl import GRPOTrainer
+
+from vlmstress.train.grpo import weights_sharded
 
 # A further group must save this share of the whole batch's padded tokens: one more model call costs
 # a little (and on a GPU smaller batches use it less well), so near-equal lengths stay together.
@@ -129,7 +131,9 @@ class LengthGroupedGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args: Any, length_groups: int = 4, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.length_groups = length_groups
+        # Under ZeRO-3 and FSDP every model call gathers the sliced weights anew: more calls would
+        # cost more in communication than the padding saves.
+        self.length_groups = 1 if weights_sharded(self.accelerator) else length_groups
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
         ungrouped = self.use_vllm or getattr(self, "use_transformers_continuous_batching", False)
