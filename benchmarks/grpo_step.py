@@ -1,15 +1,16 @@
 """What vlmstress adds to a GRPO step, and what the dynamics evaluation costs.
 
-Times steps of three GRPOTrainers on the same tiny model, data, batch size and generations, side by
+Times steps of four GRPOTrainers on the same tiny model, data, batch size and generations, side by
 side in one process (rounds in rotating order, so machine load hits each alike):
 - `ours`: the trainer `vlmstress train grpo` builds (format + accuracy rewards, augmentation at the
-  config's rates or, as the demo's augment arm, 10% each when it has none, the prefill-aware chat
-  template), its dynamics callback detached;
+  config's rates or, as the demo's augment arms, 10% each when it has none, the prefill-aware chat
+  template, generation and scoring in length groups), its dynamics callback detached;
 - `ours-noaug`: the same with augmentation off;
+- `ours-ungrouped`: `ours` with `length_groups: 1` (TRL's one padded batch per model call);
 - `plain`: TRL's GRPOTrainer with the base prompts and one plain accuracy reward (a regex).
-step_ratio = ours / plain, the product of what our code adds (ours-noaug / plain) and what the
-augmented prompts cost (ours / ours-noaug: captions and think prefills make prompts longer, and a
-padded batch is as long as its longest prompt), both printed.
+step_ratio = ours / plain, the product of what our code does (ours-noaug / plain) and what the
+augmented prompts cost (ours / ours-noaug: captions and think prefills make prompts longer), both
+printed, with what the length groups save (ours / ours-ungrouped).
 Then times one dynamics evaluation at the config's settings and reports the share of wall time it
 takes when it runs every `eval_every` steps.
 
@@ -145,8 +146,12 @@ def main(argv: list[str] | None = None) -> None:
         runs, dynamics = {}, None
         # Augmentation as the demo's augment arms take it: the config's rates, or 10% each without any.
         arms = {arm.name: arm for arm in study.ARMS}
-        for name, arm in (("ours", "augment"), ("ours-noaug", "plain")):
-            run_cfg = study.arm_config(cfg, arms[arm])
+        for name, arm, groups in (
+            ("ours", "augment", cfg.length_groups),
+            ("ours-noaug", "plain", cfg.length_groups),
+            ("ours-ungrouped", "augment", 1),
+        ):
+            run_cfg = study.arm_config(cfg, arms[arm]).model_copy(update={"length_groups": groups})
             timer = StepTimer()
             trainer, dyn_cb = build_trainer(run_cfg, seed=0, out=tmp / name, log=quiet, callbacks=[timer])
             # Evaluation is timed on its own below, not at the end of every timing round.
@@ -172,10 +177,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"  vlmstress (rewards + augmentation):  {t_ours:.3f} s")
         print(f"  vlmstress, augmentation off:         {med['ours-noaug']:.3f} s")
+        print(f"  vlmstress, no length groups:         {med['ours-ungrouped']:.3f} s")
         print(f"  plain TRL (regex accuracy reward):   {med['plain']:.3f} s")
         print(
             f"  our code x{med['ours-noaug'] / med['plain']:.3f} (ours-noaug / plain), "
-            f"augmented prompts x{t_ours / med['ours-noaug']:.3f} (ours / ours-noaug)"
+            f"augmented prompts x{t_ours / med['ours-noaug']:.3f} (ours / ours-noaug), "
+            f"length groups x{t_ours / med['ours-ungrouped']:.3f} (ours / ours-ungrouped)"
         )
 
         t0 = time.perf_counter()
