@@ -92,3 +92,37 @@ def test_demo_no_train_prints_the_study_table(tmp_path, capsys):
     metrics = json.loads((out / "eval" / "sft" / "metrics.json").read_text())
     assert metrics["model"] == "tiny" and metrics["n_samples"] == 3 and len(metrics["variants"]) == 9
     assert (out / "report.html").is_file() and not (out / "train").exists()
+
+
+def test_eval_says_when_calls_failed_and_retries_them_when_asked(tmp_path, capsys):
+    """Responses made elsewhere, one missing (a failed call to the replay 'model'): the summary says
+    so; once the response is there, `--retry-failed` fetches it and only it."""
+    from vlmstress.data import synth
+    from vlmstress.runner import read_records
+
+    rows = [
+        {"sample_id": s.sample_id, "variant": "base", "response": f"<answer>{s.target}</answer>"}
+        for s in synth.generate(3)
+    ]
+    replay, out = tmp_path / "replay.jsonl", tmp_path / "run"
+    replay.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    args = [
+        "eval",
+        "--model",
+        f"replay:{replay}",
+        "--data",
+        "synth:3",
+        "--variants",
+        "base",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert "1 model call(s) failed" in capsys.readouterr().out
+    replay.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(args) == 0  # a plain rerun keeps the failure
+    assert "1 model call(s) failed" in capsys.readouterr().out
+    assert main([*args, "--retry-failed"]) == 0
+    assert "failed" not in capsys.readouterr().out
+    records = read_records(out / "records.jsonl")
+    assert len(records) == 3 and all(r["error"] is None and r["correct"] for r in records)

@@ -7,9 +7,10 @@ import pytest
 from vlmstress.data import synth
 from vlmstress.errors import UsageError
 from vlmstress.judge.rule import RuleJudge
+from vlmstress.models.base import Generation
 from vlmstress.models.replay import ReplayModel
 from vlmstress.perturb import perturb, resolve_variants
-from vlmstress.runner import RunSpec, read_records, run_eval, run_lock
+from vlmstress.runner import RunSpec, failed_call, read_records, run_eval, run_lock
 
 VARIANTS = ["base", "wrong_think", "wrong_caption"]
 
@@ -114,3 +115,54 @@ def test_unknown_variant_is_usage_error():
     with pytest.raises(UsageError, match="unknown variant"):
         resolve_variants("base,wrong_thnk")
     assert resolve_variants("all")[0] == "base"
+
+
+def rounded(value):
+    if isinstance(value, float):
+        return round(value, 12)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def test_failed_model_calls_are_kept_on_resume_and_retried_when_asked(tmp_path):
+    samples = synth.generate(6)
+    samples[5] = replace(samples[5], error="answer not among the options")
+    flaky = {(samples[1].sample_id, "base"), (samples[3].sample_id, "wrong_think")}
+    calls = []
+
+    class Flaky(ReplayModel):
+        """Times out on the first call of each prompt in `flaky`, as a loaded server does."""
+
+        def generate(self, prompts, *, max_new_tokens):
+            out = super().generate(prompts, max_new_tokens=max_new_tokens)
+            for i, p in enumerate(prompts):
+                key = (p.sample_id, p.variant)
+                if key in flaky and key not in calls:
+                    out[i] = Generation(text="", error="APITimeoutError: Request timed out.")
+                calls.append(key)
+            return out
+
+    model = Flaky(_replay_file(tmp_path, samples, _follows_text))
+    spec = RunSpec(model="replay", data="synth:6", variants=VARIANTS, batch_size=4)
+    out, log = tmp_path / "run", tmp_path / "run" / "records.jsonl"
+    first = run_eval(model, samples, spec, out, progress=False)
+    assert first["variants"]["base"]["errors"] == 2  # one timeout, one broken sample
+    assert sum(map(failed_call, read_records(log))) == 2 and len(calls) == 15
+    before = log.read_bytes()
+    run_eval(model, samples, spec, out, progress=False)  # a plain resume keeps them as they are
+    assert log.read_bytes() == before and len(calls) == 15
+    metrics = run_eval(model, samples, spec, out, progress=False, retry_failed=True)
+    assert set(calls[15:]) == flaky and len(calls) == 17
+    records = read_records(log, repair=True)  # the rewritten log's commit describes it
+    assert len(records) == 18 and len({(r["sample_id"], r["variant"]) for r in records}) == 18
+    assert not any(map(failed_call, records))
+    assert [r["error"] for r in records if r["error"]] == ["sample: answer not among the options"] * 3
+    assert metrics["variants"]["base"]["errors"] == 1
+    clean = run_eval(ReplayModel(model.path), samples, spec, tmp_path / "clean", progress=False)
+    # the same records in another order: equal metrics, up to the order of float sums
+    assert rounded(metrics["variants"]) == rounded(clean["variants"])
+    run_eval(model, samples, spec, out, progress=False, retry_failed=True)  # nothing left to retry
+    assert len(calls) == 17

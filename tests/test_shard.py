@@ -131,21 +131,18 @@ def reference(tmp_path, samples):
     return out, metrics
 
 
-def run_threads(model, samples, spec, out, world):
+def run_threads(model, samples, spec, out, world, **options):
     """`world` ranks of one run as threads, rank 0 holding the run lock, as run_distributed sets up."""
     barrier, results, errors = threading.Barrier(world, timeout=60), {}, []
 
     def rank_main(rank):
+        kwargs = {"rank": rank, "world": world, "sync": barrier.wait, "progress": False, **options}
         try:
             if rank == 0:
                 with run_lock(out):
-                    results[rank] = shard.run_rank(
-                        model, samples, spec, out, rank=0, world=world, sync=barrier.wait, progress=False
-                    )
+                    results[rank] = shard.run_rank(model, samples, spec, out, **kwargs)
             else:
-                results[rank] = shard.run_rank(
-                    model, samples, spec, out, rank=rank, world=world, sync=barrier.wait, progress=False
-                )
+                results[rank] = shard.run_rank(model, samples, spec, out, **kwargs)
         except BaseException as exc:  # surfaced below; the barrier lets the others go
             errors.append(exc)
             barrier.abort()
@@ -251,6 +248,43 @@ def test_a_crash_between_merging_and_deleting_the_shards_duplicates_nothing(
     assert run_eval(model, samples, spec, out, progress=False) == ref_metrics
     assert model.calls == []
     assert (out / RECORDS).read_bytes() == (ref_out / RECORDS).read_bytes()
+    assert not (out / "shards").exists()
+
+
+class Flaky(BatchSensitive):
+    """Fails the first call of each prompt in `flaky`, as a loaded server times out now and then."""
+
+    def __init__(self, flaky) -> None:
+        super().__init__()
+        self.flaky = flaky
+
+    def generate(self, prompts, *, max_new_tokens):
+        with self._lock:
+            first = [(p.sample_id, p.variant) not in self.calls for p in prompts]
+        out = super().generate(prompts, max_new_tokens=max_new_tokens)
+        return [
+            Generation("", error="APITimeoutError: Request timed out.")
+            if again and (p.sample_id, p.variant) in self.flaky
+            else g
+            for p, g, again in zip(prompts, out, first, strict=True)
+        ]
+
+
+def test_failed_calls_in_the_log_and_in_shards_are_retried_once_when_asked(tmp_path, samples, monkeypatch):
+    spec, out = spec_for(samples), tmp_path / "run"
+    flaky = {(samples[0].sample_id, "base"), (samples[7].sample_id, "wrong_caption")}
+    model = Flaky(flaky)
+    with monkeypatch.context() as m:  # merge_shards dies deleting its first shard: records are in both
+        m.setattr(shard, "commit_path", lambda path: (_ for _ in ()).throw(Crash()))
+        with pytest.raises(Crash):
+            run_threads(model, samples, spec, out, 2)
+    assert shard.shard_files(out) and (out / RECORDS).exists()
+    assert len(model.calls) == 24  # 9 samples x 3 variants, less the broken sample's 3
+    run_threads(model, samples, spec, out, 2, retry_failed=True)
+    assert sorted(model.calls[24:]) == sorted(flaky)
+    records = [json.loads(line) for line in (out / RECORDS).read_text().splitlines()]
+    assert len(records) == 27 and len({(r["sample_id"], r["variant"]) for r in records}) == 27
+    assert {r["error"] for r in records} == {None, "sample: answer not among the options"}
     assert not (out / "shards").exists()
 
 

@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="backend option, repeatable (e.g. dtype=bfloat16, device=cuda, tensor_parallel_size=2)",
     )
+    e.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on a rerun, make the model calls that failed (timeouts, refusals) again; else kept as errors",
+    )
     e.add_argument("--dry-run", action="store_true", help="print requests, tokens and cost; run nothing")
     e.add_argument("--price-in", type=float, default=None, help="with --dry-run: price per 1M prompt tokens")
     e.add_argument(
@@ -177,6 +182,7 @@ def cmd_eval(args) -> int:
             samples,
             spec,
             out,
+            retry_failed=args.retry_failed,
         )
         if metrics is None:  # not rank 0: rank 0 merges the shards and reports (or says why not)
             return 0
@@ -189,7 +195,9 @@ def cmd_eval(args) -> int:
         # API backends cache every request under the run, so a rerun (or resume) sends nothing twice.
         judges = [load_judge(j, **_api_options(j, out)) for j in args.judge]
         model = load_model(args.model, **_api_options(args.model, out), **_model_options(args.model_opt))
-        metrics = run_eval(model, samples, spec, out, judges=judges, locked=True)
+        metrics = run_eval(
+            model, samples, spec, out, judges=judges, locked=True, retry_failed=args.retry_failed
+        )
     _print_summary(out, metrics)
     return 0
 
@@ -268,8 +276,13 @@ def _slug(text: str) -> str:
 
 def _print_summary(out: Path, metrics: dict) -> None:
     # The Markdown table as is: wide tables wrap badly in a rendered terminal table.
+    from vlmstress.runner import RECORDS, failed_call, read_records
+
     print((out / "summary.md").read_text())
     print(f"records, metrics and summary in {out}")
+    failed = sum(map(failed_call, read_records(out / RECORDS)))
+    if failed:
+        print(f"{failed} model call(s) failed (their records say why); a rerun with --retry-failed retries")
 
 
 COMMANDS = {"eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "report": cmd_report, "data": cmd_data}

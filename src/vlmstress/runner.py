@@ -32,6 +32,9 @@ from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb
 
 RECORDS = "records.jsonl"
 COMMIT = ".records.commit"
+# How the error records of what never reached the model begin (the rest are failed model calls).
+SAMPLE_ERROR = "sample: "
+NOT_APPLICABLE = "not applicable: "
 # What the records of a run depend on: a rerun that changes one of these must not resume the log.
 # (variants and limit may grow on a rerun; batch_size is left free though it moves floats slightly.)
 IDENTITY = ("model", "data", "seed", "template", "max_new_tokens", "judges")
@@ -242,13 +245,35 @@ def plan(
             if (s.sample_id, variant) in done:
                 continue
             if s.error:
-                errors.append(error_record(s, variant, f"sample: {s.error}"))
+                errors.append(error_record(s, variant, f"{SAMPLE_ERROR}{s.error}"))
                 continue
             try:
                 todo.append((s, perturb(s, variant, seed, tpl)))
             except NotApplicable as e:
-                errors.append(error_record(s, variant, f"not applicable: {e}"))
+                errors.append(error_record(s, variant, f"{NOT_APPLICABLE}{e}"))
     return todo, errors
+
+
+def failed_call(record: dict) -> bool:
+    """Whether a record is the error of a model call (a timeout, a refused request, an unreadable
+    image), which another attempt may get past; not one of a broken sample or an inapplicable variant."""
+    error = record.get("error")
+    return error is not None and not error.startswith((SAMPLE_ERROR, NOT_APPLICABLE))
+
+
+def drop_failed(path: Path) -> int:
+    """Take the records of failed model calls out of a log, so that the run makes those calls again;
+    returns how many. Under the run lock, after `read_records(repair=True)`. The log is replaced
+    whole (write_atomic), then its commit: a crash between the two leaves a commit that does not
+    describe the new log, which `_committed_length` then ignores."""
+    records = read_records(path)
+    kept = [r for r in records if not failed_call(r)]
+    if len(kept) == len(records):
+        return 0
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    write_atomic(path, text)
+    write_atomic(commit_path(path), json.dumps({"bytes": len(text.encode()), "lines": len(kept)}))
+    return len(records) - len(kept)
 
 
 def run_eval(
@@ -261,11 +286,13 @@ def run_eval(
     progress: bool = True,
     on_batch: Callable[[int, float], None] | None = None,
     locked: bool = False,
+    retry_failed: bool = False,
 ) -> dict:
     """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics.
 
     `locked` says the caller already holds `run_lock(out)` (the command line takes it before the
-    slow model load, so a second process is refused at once).
+    slow model load, so a second process is refused at once). A resume keeps every record, failed
+    model calls too; `retry_failed` makes those calls again (`drop_failed`).
     """
     out = Path(out)
     with nullcontext() if locked else run_lock(out):
@@ -274,11 +301,21 @@ def run_eval(
 
         if shard.shard_files(out):  # left by a sharded run: resume it here, then merge its shards
             return shard.run_rank(
-                model, samples, spec, out, judges=judges, progress=progress, on_batch=on_batch
+                model,
+                samples,
+                spec,
+                out,
+                judges=judges,
+                progress=progress,
+                on_batch=on_batch,
+                retry_failed=retry_failed,
             )
         remove_stale_temps(out)
         path = out / RECORDS
-        done = {(r["sample_id"], r["variant"]) for r in read_records(path, repair=True)}
+        read_records(path, repair=True)
+        if retry_failed:
+            drop_failed(path)
+        done = {(r["sample_id"], r["variant"]) for r in read_records(path)}
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
         write_atomic(out / "config.json", json.dumps({**spec.__dict__, "n_samples": len(samples)}, indent=2))
         with _Log(path) as log:

@@ -47,6 +47,7 @@ from vlmstress.runner import (
     _Log,
     check_same_run,
     commit_path,
+    drop_failed,
     finish_run,
     flock_or_refuse,
     plan,
@@ -179,16 +180,17 @@ def check_no_live_shard_writers(out: Path) -> None:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare(out: Path) -> None:
+def prepare(out: Path, *, retry_failed: bool = False) -> None:
     """Rank 0, holding the run lock (which saw no live shard writer), before any rank reads: remove
     temp-file debris and cut records.jsonl and every shard back to their last commit (so all ranks
-    read whole batches)."""
+    read whole batches); with `retry_failed`, take the failed model calls out of them all."""
     remove_stale_temps(out)
     for stale in (out / SHARDS).glob(".*.tmp[0-9]*") if (out / SHARDS).is_dir() else ():
         stale.unlink(missing_ok=True)
-    read_records(out / RECORDS, repair=True)
-    for path in shard_files(out):
+    for path in (out / RECORDS, *shard_files(out)):
         read_records(path, repair=True)
+        if retry_failed:
+            drop_failed(path)
 
 
 def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
@@ -234,12 +236,14 @@ def run_rank(
     judges: Sequence = (),
     progress: bool = True,
     on_batch: Callable[[int, float], None] | None = None,
+    retry_failed: bool = False,
 ) -> dict | None:
     """Rank `rank` of a `world`-process run; `sync` is a barrier over all ranks. Rank 0 must hold
-    `run_lock(out)` (and have checked the run's identity); it returns the metrics, the others None."""
+    `run_lock(out)` (and have checked the run's identity); it returns the metrics, the others None.
+    `retry_failed`: as run_eval's (rank 0 acts on it for all)."""
     out = Path(out)
     if rank == 0:
-        prepare(out)
+        prepare(out, retry_failed=retry_failed)
         write_atomic(out / "config.json", json.dumps({**spec.__dict__, "n_samples": len(samples)}, indent=2))
     sync()  # the logs are whole batches now
     with rank_lock(out, rank, world):
@@ -271,7 +275,12 @@ def _max_over_ranks(state: Any, value: int) -> int:
 
 
 def run_distributed(
-    load: Callable[[], tuple[Any, Sequence]], samples: Sequence[Sample], spec: RunSpec, out: str | Path
+    load: Callable[[], tuple[Any, Sequence]],
+    samples: Sequence[Sample],
+    spec: RunSpec,
+    out: str | Path,
+    *,
+    retry_failed: bool = False,
 ) -> dict | None:
     """This process's rank of a launched run (torchrun / accelerate launch): rank 0 takes the run lock
     and checks the run before any rank loads its model (`load() -> (model, judges)`), so a refused
@@ -311,6 +320,7 @@ def run_distributed(
                 sync=state.wait_for_everyone,
                 judges=judges,
                 progress=rank == 0,
+                retry_failed=retry_failed,
             )
     finally:
         state.destroy_process_group()
