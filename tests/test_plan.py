@@ -34,3 +34,12 @@ def test_dry_run_loads_no_model_and_writes_nothing(tmp_path, capsys):
     assert code == 0
     assert '"model_requests": 36' in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_dry_run_under_a_launcher_prints_once(tmp_path, capsys, monkeypatch):
+    args = ["eval", "--model", "tiny", "--data", "synth:4", "--dry-run", "--out", str(tmp_path / "run")]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(args) == 0 and capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(args) == 0 and '"model_requests": 36' in capsys.readouterr().out

@@ -85,6 +85,9 @@ def test_world_size_from_env():
     assert shard.world_size_from_env({"WORLD_SIZE": "4"}) == 4
     assert shard.world_size_from_env({"PMI_SIZE": "3"}) == 3
     assert shard.world_size_from_env({"WORLD_SIZE": "lots"}) == 1
+    assert shard.rank_from_env({}) == 0
+    assert shard.rank_from_env({"RANK": "2", "WORLD_SIZE": "4"}) == 2
+    assert shard.rank_from_env({"OMPI_COMM_WORLD_RANK": "1"}) == 1
 
 
 # -- ranks as threads -----------------------------------------------------------------------------

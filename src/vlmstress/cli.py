@@ -141,10 +141,11 @@ def cmd_eval(args) -> int:
     out = Path(args.out or f"runs/{_slug(model_name)}-{_slug(args.data)}")
     samples, data_name = load_data(args.data, data_dir=args.data_dir, limit=args.limit, seed=args.seed)
     if args.dry_run:
-        from vlmstress.models.registry import parse_spec
         from vlmstress.plan import plan_run
+        from vlmstress.shard import rank_from_env
 
-        parse_spec(args.model)  # a bad SPEC is still a usage error
+        if rank_from_env() != 0:  # under a launcher the plan is printed once, by rank 0
+            return 0
         llm_judges = sum(j != "rule" for j in args.judge)
         plan = plan_run(
             samples,

@@ -79,6 +79,15 @@ def world_size_from_env(env: dict[str, str] | None = None) -> int:
     return 1
 
 
+def rank_from_env(env: dict[str, str] | None = None) -> int:
+    """This process's rank as the launcher announced it (0 when not launched)."""
+    env = os.environ if env is None else env
+    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        if env.get(name, "").strip().isdigit():
+            return int(env[name])
+    return 0
+
+
 def batches(items: Sequence[Any], batch_size: int) -> list[Sequence[Any]]:
     """`items` cut into consecutive batches, as runner._generate_all cuts them."""
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
