@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import math
 import time
 from pathlib import Path
@@ -359,3 +360,13 @@ def test_name_hides_credentials_in_the_url():
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="prefill_mode"):
         OpenAIChatModel("m", "http://127.0.0.1:1/v1", prefill_mode="sideways")  # type: ignore[arg-type]
+
+
+def test_httpx_request_logs_lose_url_credentials(server, caplog):
+    caplog.set_level(logging.INFO, logger="httpx")
+    caplog.set_level(logging.INFO, logger="httpx2")  # the HTTP client of recent openai releases
+    url = server.base_url.replace("http://", "http://alice:s3cret-pw@")
+    model = OpenAIChatModel("fake-vlm", url, timeout=2.0, backoff=0.01, max_retries=0, api_key="test-key")
+    assert run(model, prompt())[0].error is None
+    assert "HTTP Request" in caplog.text and "127.0.0.1" in caplog.text
+    assert "s3cret-pw" not in caplog.text and "alice" not in caplog.text

@@ -32,6 +32,24 @@ from vlmstress.perturb import Prompt
 
 log = logging.getLogger(__name__)
 
+
+class _RedactURLCredentials(logging.Filter):
+    """httpx logs each request's URL at INFO, with any `user:password@` in it. vlmstress never turns
+    INFO on, but a program that imports it may: this filter on httpx's logger (and on that of
+    httpx2, the fork recent `openai` releases use) cuts the user info out."""
+
+    _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = self._USERINFO.sub(r"\1", message), None
+        return True
+
+
+for _name in ("httpx", "httpx2"):
+    logging.getLogger(_name).addFilter(_RedactURLCredentials())
+
 PrefillMode = Literal["auto", "continue", "user"]
 PREFILL_MODES: tuple[str, ...] = ("auto", "continue", "user")
 
