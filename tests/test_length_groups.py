@@ -20,15 +20,21 @@ def padded_cost(groups, left, right):
 
 
 def best_cut_by_search(left, right, max_groups, min_saving):
-    """Every cut of the (left, right)-sorted rows into at most `max_groups` contiguous groups."""
-    order = sorted(range(len(left)), key=lambda i: (left[i], right[i]))
-    whole = padded_cost([order], left, right)
+    """Every cut into at most `max_groups` contiguous groups of the rows sorted each of the three
+    ways plan_groups sorts them (by left, by right, by their sum; ties as numpy's stable sorts)."""
+    n, whole = len(left), padded_cost([list(range(len(left)))], left, right)
     best = whole
-    for k in range(1, max_groups):
-        for cuts in itertools.combinations(range(1, len(order)), k):
-            bounds = (0, *cuts, len(order))
-            groups = [order[a:b] for a, b in itertools.pairwise(bounds)]
-            best = min(best, padded_cost(groups, left, right) + k * min_saving * whole)
+    keys = [
+        lambda i: (left[i], right[i]),
+        lambda i: (right[i], left[i]),
+        lambda i: (left[i] + right[i], left[i]),
+    ]
+    for key in keys:
+        order = sorted(range(n), key=key)
+        for k in range(1, max_groups):
+            for cuts in itertools.combinations(range(1, n), k):
+                groups = [order[a:b] for a, b in itertools.pairwise((0, *cuts, n))]
+                best = min(best, padded_cost(groups, left, right) + k * min_saving * whole)
     return best
 
 
@@ -56,6 +62,16 @@ def test_plan_groups_splits_only_where_it_saves():
     # a 1-token difference does not pay for another model call
     assert len(plan_groups([48] * 10 + [49] * 10)) == 1
     assert plan_groups([]) == []
+
+
+def test_plan_groups_on_a_large_batch_cuts_between_runs_of_rows():
+    rng = random.Random(1)
+    left = [rng.choice([48, 70]) for _ in range(3000)]
+    right = [rng.randint(10, 300) for _ in range(3000)]
+    groups = plan_groups(left, right)
+    assert sorted(i for g in groups for i in g) == list(range(3000))
+    assert 2 <= len(groups) <= 4
+    assert padded_cost(groups, left, right) < 0.8 * padded_cost([list(range(3000))], left, right)
 
 
 def test_take_rows_gathers_each_rows_images_and_tokens():
