@@ -4,7 +4,7 @@ On its transformers path, TRL generates a whole generation batch in one `generat
 to its longest prompt, and scores it in one forward pass padded to the longest prompt plus the
 longest completion. Adversarial augmentation makes a few prompts much longer than the rest (a caption
 or a think prefill takes the tiny model's prompts from 48 to 63-73 tokens), so with 10% of each
-variant nearly every row was padded to an augmented one: a GRPO step took x1.16-1.23 as long as
+variant nearly every row was padded to an augmented one: a GRPO step took x1.23-1.31 as long as
 without augmentation (benchmarks/grpo_step.py). Completions vary too (14-31 tokens in one batch).
 
 `LengthGroupedGRPOTrainer` changes only how TRL's two batched model calls are cut: it sorts the rows
