@@ -312,10 +312,10 @@ def run_eval(
             )
         remove_stale_temps(out)
         path = out / RECORDS
-        read_records(path, repair=True)
-        if retry_failed:
-            drop_failed(path)
-        done = {(r["sample_id"], r["variant"]) for r in read_records(path)}
+        records = read_records(path, repair=True)
+        if retry_failed and drop_failed(path):
+            records = read_records(path)
+        done = {(r["sample_id"], r["variant"]) for r in records}
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
         write_atomic(out / "config.json", json.dumps({**spec.__dict__, "n_samples": len(samples)}, indent=2))
         with _Log(path) as log:
