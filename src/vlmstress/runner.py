@@ -261,19 +261,18 @@ def failed_call(record: dict) -> bool:
     return error is not None and not error.startswith((SAMPLE_ERROR, NOT_APPLICABLE))
 
 
-def drop_failed(path: Path) -> int:
+def drop_failed(path: Path, records: list[dict]) -> list[dict]:
     """Take the records of failed model calls out of a log, so that the run makes those calls again;
-    returns how many. Under the run lock, after `read_records(repair=True)`. The log is replaced
-    whole (write_atomic), then its commit: a crash between the two leaves a commit that does not
-    describe the new log, which `_committed_length` then ignores."""
-    records = read_records(path)
+    `records` are the log's, as `read_records(path, repair=True)` returned them under the run lock.
+    Returns the records kept. The log is replaced whole (write_atomic), then its commit: a crash
+    between the two leaves a commit that does not describe the new log, which `_committed_length`
+    then ignores."""
     kept = [r for r in records if not failed_call(r)]
-    if len(kept) == len(records):
-        return 0
-    text = "".join(json.dumps(r) + "\n" for r in kept)
-    write_atomic(path, text)
-    write_atomic(commit_path(path), json.dumps({"bytes": len(text.encode()), "lines": len(kept)}))
-    return len(records) - len(kept)
+    if len(kept) < len(records):
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        write_atomic(path, text)
+        write_atomic(commit_path(path), json.dumps({"bytes": len(text.encode()), "lines": len(kept)}))
+    return kept
 
 
 def run_eval(
@@ -313,8 +312,8 @@ def run_eval(
         remove_stale_temps(out)
         path = out / RECORDS
         records = read_records(path, repair=True)
-        if retry_failed and drop_failed(path):
-            records = read_records(path)
+        if retry_failed:
+            records = drop_failed(path, records)
         done = {(r["sample_id"], r["variant"]) for r in records}
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
         write_atomic(out / "config.json", json.dumps({**spec.__dict__, "n_samples": len(samples)}, indent=2))

@@ -70,22 +70,23 @@ Key = tuple[str, str]
 # -- pure functions -------------------------------------------------------------------------------
 
 
-def world_size_from_env(env: dict[str, str] | None = None) -> int:
-    """The process count a launcher announced (torchrun and accelerate set WORLD_SIZE, MPI its own)."""
+def _launcher_value(names: Sequence[str], default: int, env: dict[str, str] | None) -> int:
+    """The first of `names` set to a whole number in the environment, else `default`."""
     env = os.environ if env is None else env
-    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+    for name in names:
         if env.get(name, "").strip().isdigit():
             return int(env[name])
-    return 1
+    return default
+
+
+def world_size_from_env(env: dict[str, str] | None = None) -> int:
+    """The process count a launcher announced (torchrun and accelerate set WORLD_SIZE, MPI its own)."""
+    return _launcher_value(("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"), 1, env)
 
 
 def rank_from_env(env: dict[str, str] | None = None) -> int:
     """This process's rank as the launcher announced it (0 when not launched)."""
-    env = os.environ if env is None else env
-    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        if env.get(name, "").strip().isdigit():
-            return int(env[name])
-    return 0
+    return _launcher_value(("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"), 0, env)
 
 
 def batches(items: Sequence[Any], batch_size: int) -> list[Sequence[Any]]:
@@ -197,9 +198,9 @@ def prepare(out: Path, *, retry_failed: bool = False) -> None:
     for stale in (out / SHARDS).glob(".*.tmp[0-9]*") if (out / SHARDS).is_dir() else ():
         stale.unlink(missing_ok=True)
     for path in (out / RECORDS, *shard_files(out)):
-        read_records(path, repair=True)
+        records = read_records(path, repair=True)
         if retry_failed:
-            drop_failed(path)
+            drop_failed(path, records)
 
 
 def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
