@@ -36,6 +36,14 @@ def test_bad_usage_is_one_line_and_exit_2(args, needle):
     assert "Traceback" not in res.stderr
 
 
+def test_python_m_vlmstress_is_the_command_line():
+    res = subprocess.run([sys.executable, "-m", "vlmstress", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "eval" in res.stdout and "report" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "vlmstress", "eval"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--model" in res.stderr
+
+
 def test_config_with_unknown_key_is_usage_error(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("kind: sft\nmax_stepz: 3\ncurriculum: []\n")
