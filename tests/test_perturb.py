@@ -330,6 +330,26 @@ def test_register_variant_adds_a_variant_usable_by_name(registry):
     assert p.variant == "shout" and p.user == "WHAT IS ON THE TABLE?" and p.options == PLAIN.options
 
 
+def test_register_variant_refuses_a_taken_or_unselectable_name(registry):
+    before = dict(registry)
+    for name in ("base", "wrong_think"):
+        with pytest.raises(ValueError, match="already registered"):
+            register_variant(name)
+    for name in ("all", "a,b", "two words", ""):
+        with pytest.raises(ValueError, match="cannot be selected"):
+            register_variant(name)
+    assert registry == before  # nothing replaced, nothing added
+
+
+def test_a_variant_must_name_its_prompts_after_itself(registry):
+    # A prompt under another name would never count as done on a resume.
+    register_variant("misnamed")(
+        lambda sample, misleading, template: VARIANTS["base"](sample, misleading, template)
+    )
+    with pytest.raises(ValueError, match="misnamed.*'base'"):
+        perturb(PLAIN, "misnamed", 0)
+
+
 # --- where a variant cannot apply --------------------------------------------------------------------
 
 

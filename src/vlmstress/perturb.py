@@ -115,7 +115,15 @@ VARIANTS: dict[str, VariantFn] = {}
 
 
 def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
-    """Add a variant under `name`; it becomes selectable with `--variants name`."""
+    """Add a variant under `name`; it becomes selectable with `--variants name`.
+
+    A name already taken is a ValueError: silently replacing a variant would change what every run
+    that names it measures. `all` and names holding commas or spaces could not be selected.
+    """
+    if not name or name == "all" or any(c == "," or c.isspace() for c in name):
+        raise ValueError(f"variant name {name!r} cannot be selected with --variants")
+    if name in VARIANTS:
+        raise ValueError(f"variant {name!r} is already registered (by {_origin(VARIANTS[name])})")
 
     def add(fn: VariantFn) -> VariantFn:
         VARIANTS[name] = fn
@@ -124,7 +132,11 @@ def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
     return add
 
 
-def _prompt(
+def _origin(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+
+
+def build_prompt(
     sample: Sample,
     variant: str,
     template: Template,
@@ -134,6 +146,8 @@ def _prompt(
     misleading: str | None = None,
     options: tuple[str, ...] | None = None,
 ) -> Prompt:
+    """The Prompt of `sample` under `variant`, the user turn rendered by `template`: what every
+    variant, the shipped ones and a user's (register_variant), builds its prompt with."""
     options = sample.options if options is None else options
     return Prompt(
         sample_id=sample.sample_id,
@@ -155,18 +169,18 @@ def _need(letter: str | None, variant: str) -> str:
 
 @register_variant("base")
 def base(sample: Sample, misleading: str | None, template: Template) -> Prompt:
-    return _prompt(sample, "base", template)
+    return build_prompt(sample, "base", template)
 
 
 @register_variant("stop_think")
 def stop_think(sample: Sample, misleading: str | None, template: Template) -> Prompt:
-    return _prompt(sample, "stop_think", template, prefill=STOP_THINK)
+    return build_prompt(sample, "stop_think", template, prefill=STOP_THINK)
 
 
 @register_variant("wrong_think")
 def wrong_think(sample: Sample, misleading: str | None, template: Template) -> Prompt:
     ltr = _need(misleading, "wrong_think")
-    return _prompt(
+    return build_prompt(
         sample, "wrong_think", template, misleading=ltr, prefill=f"<think>{think_text(sample, ltr)}</think>"
     )
 
@@ -175,7 +189,7 @@ def wrong_think(sample: Sample, misleading: str | None, template: Template) -> P
 def wrong_think_hedge(sample: Sample, misleading: str | None, template: Template) -> Prompt:
     # Our reading of the paper: the think block is left open after the hedge, so the model may recover.
     ltr = _need(misleading, "wrong_think_hedge")
-    return _prompt(
+    return build_prompt(
         sample,
         "wrong_think_hedge",
         template,
@@ -187,33 +201,35 @@ def wrong_think_hedge(sample: Sample, misleading: str | None, template: Template
 @register_variant("wrong_caption")
 def wrong_caption(sample: Sample, misleading: str | None, template: Template) -> Prompt:
     ltr = _need(misleading, "wrong_caption")
-    return _prompt(sample, "wrong_caption", template, misleading=ltr, caption=caption_text(sample, ltr))
+    return build_prompt(sample, "wrong_caption", template, misleading=ltr, caption=caption_text(sample, ltr))
 
 
 @register_variant("wrong_caption_hedge")
 def wrong_caption_hedge(sample: Sample, misleading: str | None, template: Template) -> Prompt:
     ltr = _need(misleading, "wrong_caption_hedge")
     caption = caption_text(sample, ltr).rstrip(".") + CAPTION_HEDGE
-    return _prompt(sample, "wrong_caption_hedge", template, misleading=ltr, caption=caption)
+    return build_prompt(sample, "wrong_caption_hedge", template, misleading=ltr, caption=caption)
 
 
 @register_variant("correct_think")
 def correct_think(sample: Sample, misleading: str | None, template: Template) -> Prompt:
     ltr = _need(sample.target, "correct_think")
-    return _prompt(sample, "correct_think", template, prefill=f"<think>{think_text(sample, ltr)}</think>")
+    return build_prompt(
+        sample, "correct_think", template, prefill=f"<think>{think_text(sample, ltr)}</think>"
+    )
 
 
 @register_variant("correct_caption")
 def correct_caption(sample: Sample, misleading: str | None, template: Template) -> Prompt:
     ltr = _need(sample.target, "correct_caption")
-    return _prompt(sample, "correct_caption", template, caption=caption_text(sample, ltr))
+    return build_prompt(sample, "correct_caption", template, caption=caption_text(sample, ltr))
 
 
 @register_variant("abstain")
 def abstain(sample: Sample, misleading: str | None, template: Template) -> Prompt:
     if sample.is_open_ended:
         raise NotApplicable("abstain needs a multiple-choice sample")
-    return _prompt(sample, "abstain", template, options=(*sample.options, ABSTAIN_OPTION))
+    return build_prompt(sample, "abstain", template, options=(*sample.options, ABSTAIN_OPTION))
 
 
 def resolve_variants(spec: str) -> list[str]:
@@ -231,7 +247,12 @@ def resolve_variants(spec: str) -> list[str]:
 
 def perturb(sample: Sample, variant: str, seed: int, template: Template = TEMPLATES["vlmstress"]) -> Prompt:
     """The prompt of `sample` under `variant`; raises NotApplicable where the variant cannot apply."""
-    return VARIANTS[variant](sample, misleading_letter(sample, seed), template)
+    prompt = VARIANTS[variant](sample, misleading_letter(sample, seed), template)
+    # Records are keyed by prompt.variant: a user variant naming its prompts otherwise would never
+    # count as done on a resume, and its metrics would land under another name.
+    if prompt.variant != variant:
+        raise ValueError(f"variant {variant!r} returned a prompt named {prompt.variant!r}")
+    return prompt
 
 
 def with_system(prompt: Prompt, system: str | None) -> Prompt:
