@@ -10,7 +10,15 @@ from vlmstress.judge.rule import RuleJudge
 from vlmstress.models.base import Generation
 from vlmstress.models.replay import ReplayModel
 from vlmstress.perturb import perturb, resolve_variants
-from vlmstress.runner import RunSpec, failed_call, read_records, run_eval, run_lock
+from vlmstress.runner import (
+    RunSpec,
+    check_same_run,
+    failed_call,
+    read_records,
+    run_eval,
+    run_in_memory,
+    run_lock,
+)
 
 VARIANTS = ["base", "wrong_think", "wrong_caption"]
 
@@ -64,6 +72,35 @@ def test_records_and_metrics(tmp_path):
     for name in ("metrics.json", "config.json", "summary.md"):
         assert (tmp_path / "run" / name).exists()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+
+
+def test_in_memory_run_is_the_logged_run_without_files(tmp_path):
+    samples = synth.generate(6)
+    replay = _replay_file(tmp_path, samples, _follows_text)
+    spec = RunSpec(model="replay", data="synth:6", variants=VARIANTS, batch_size=4)
+    metrics = run_eval(
+        ReplayModel(replay), samples, spec, tmp_path / "run", judges=[RuleJudge()], progress=False
+    )
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    records, in_memory = run_in_memory(ReplayModel(replay), samples, spec, judges=[RuleJudge()])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert records == read_records(tmp_path / "run" / "records.jsonl")
+    assert in_memory == metrics
+
+
+def test_config_records_model_options_and_versions_and_a_change_of_options_is_another_run(tmp_path):
+    samples = synth.generate(3)
+    model = ReplayModel(_replay_file(tmp_path, samples, _follows_text))
+    spec = RunSpec(model="replay", data="synth:3", variants=["base"], model_options={"dtype": "float32"})
+    run_eval(model, samples, spec, tmp_path / "run", progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model_options"] == {"dtype": "float32"}
+    assert set(config["versions"]) == {"vlmstress", "torch", "transformers", "trl"}
+    assert config["versions"]["vlmstress"] and config["versions"]["torch"]
+    check_same_run(tmp_path / "run", spec)  # the same options resume
+    for options in ({}, {"dtype": "bfloat16"}, {"dtype": "float32", "device": "cpu"}):
+        with pytest.raises(UsageError, match="different model_options"):
+            check_same_run(tmp_path / "run", replace(spec, model_options=options))
 
 
 def test_resume_repeats_no_finished_work(tmp_path):

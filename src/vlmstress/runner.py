@@ -7,7 +7,8 @@ crash loses at most the batch in flight and never leaves part of one behind: the
 that batch whole, with the same prompts batched together, and so writes the same bytes an
 uninterrupted run would (batch composition changes padding, and padding changes the floats).
 A lock file keeps a second live process from interleaving records into the same directory, and a
-rerun whose model, data, seed, template, token budget or judges differ from the log's is refused.
+rerun whose model, model options, data, seed, template, token budget or judges differ from the log's
+is refused. The same engine also runs over an in-memory log (`run_in_memory`) for the Python API.
 See docs/reliability.md. Several processes share one run through shard.py (docs/scaling.md).
 """
 
@@ -37,14 +38,15 @@ SAMPLE_ERROR = "sample: "
 NOT_APPLICABLE = "not applicable: "
 # What the records of a run depend on: a rerun that changes one of these must not resume the log.
 # (variants and limit may grow on a rerun; batch_size is left free though it moves floats slightly.)
-IDENTITY = ("model", "data", "seed", "template", "max_new_tokens", "judges")
+IDENTITY = ("model", "model_options", "data", "seed", "template", "max_new_tokens", "judges")
 # The files the runner writes with write_atomic.
 RUN_FILES = ("config.json", "metrics.json", "summary.md", COMMIT)
 
 
 @dataclass
 class RunSpec:
-    """Everything that defines a run; written to config.json (no secrets: SPECs carry none)."""
+    """Everything that defines a run; written to config.json (no secrets: SPECs carry none, and
+    `model_options` are the backend options as redacted by registry.redact_options)."""
 
     model: str
     data: str
@@ -56,6 +58,27 @@ class RunSpec:
     max_new_tokens: int = 96
     template: str = "vlmstress"
     data_dir: str | None = None
+    model_options: dict = field(default_factory=dict)
+
+
+def config_text(spec: RunSpec, samples: Sequence[Sample]) -> str:
+    """config.json: the run's spec, its sample count and the versions of the libraries that shaped
+    its numbers (versions are recorded, not compared: an upgrade may resume a run)."""
+    return json.dumps({**spec.__dict__, "n_samples": len(samples), "versions": library_versions()}, indent=2)
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from vlmstress import __version__
+
+    versions: dict[str, str | None] = {"vlmstress": __version__}
+    for name in ("torch", "transformers", "trl"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -316,7 +339,7 @@ def run_eval(
             records = drop_failed(path, records)
         done = {(r["sample_id"], r["variant"]) for r in records}
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
-        write_atomic(out / "config.json", json.dumps({**spec.__dict__, "n_samples": len(samples)}, indent=2))
+        write_atomic(out / "config.json", config_text(spec, samples))
         with _Log(path) as log:
             log.append(errors)
             _generate_all(model, todo, spec, judges, log, progress, on_batch)
@@ -332,10 +355,21 @@ def remove_stale_temps(out: Path) -> None:
 
 def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
     """metrics.json and summary.md from the finished records.jsonl; returns the metrics."""
-    path = out / RECORDS
-    # The metrics describe this command: records a wider earlier run left in the log stay there.
+    metrics = run_metrics(samples, spec, run_records(samples, spec, out))
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_atomic(out / "summary.md", summary_markdown(metrics))
+    return metrics
+
+
+def run_records(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[dict]:
+    """The records of this command in the log of `out`, in log order: records a wider earlier run
+    left there (more variants, a higher limit) stay in the log but describe another command."""
     wanted = {(s.sample_id, v) for s in samples for v in spec.variants}
-    records = [r for r in read_records(path) if (r["sample_id"], r["variant"]) in wanted]
+    return [r for r in read_records(out / RECORDS) if (r["sample_id"], r["variant"]) in wanted]
+
+
+def run_metrics(samples: Sequence[Sample], spec: RunSpec, records: list[dict]) -> dict:
+    """The metrics.json object of a run's records."""
     metrics = compute_metrics(
         records, model=spec.model, data=spec.data, n_samples=len(samples), seed=spec.seed
     )
@@ -343,9 +377,23 @@ def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
     official = official_scores(spec.data, samples, records)
     if official:
         metrics["official"] = official
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
-    write_atomic(out / "summary.md", summary_markdown(metrics))
     return metrics
+
+
+def run_in_memory(
+    model: VLM,
+    samples: Sequence[Sample],
+    spec: RunSpec,
+    *,
+    judges: Sequence[Judge] = (),
+    progress: bool = False,
+) -> tuple[list[dict], dict]:
+    """run_eval's engine over a log held in memory: the records and metrics, and no file written."""
+    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, set())
+    log = _MemoryLog()
+    log.append(errors)
+    _generate_all(model, todo, spec, judges, log, progress, None)
+    return log.records, run_metrics(samples, spec, log.records)
 
 
 def check_same_run(out: Path, spec: RunSpec) -> None:
@@ -401,7 +449,17 @@ class _Log:
         write_atomic(commit_path(self.path), json.dumps({"bytes": size, "lines": self.lines}))
 
 
-def _generate_all(model, todo, spec, judges, log: _Log, progress, on_batch) -> None:
+class _MemoryLog:
+    """What _generate_all needs of a log, kept in a list: nothing to commit, nothing to resume."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def append(self, records: list[dict]) -> None:
+        self.records.extend(records)
+
+
+def _generate_all(model, todo, spec, judges, log: _Log | _MemoryLog, progress, on_batch) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]

@@ -29,7 +29,6 @@ with one rank (runner.run_eval hands over), so a run killed under 4 processes re
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,6 +46,7 @@ from vlmstress.runner import (
     _Log,
     check_same_run,
     commit_path,
+    config_text,
     drop_failed,
     finish_run,
     flock_or_refuse,
@@ -254,7 +254,7 @@ def run_rank(
     out = Path(out)
     if rank == 0:
         prepare(out, retry_failed=retry_failed)
-        write_atomic(out / "config.json", json.dumps({**spec.__dict__, "n_samples": len(samples)}, indent=2))
+        write_atomic(out / "config.json", config_text(spec, samples))
     sync()  # the logs are whole batches now
     with rank_lock(out, rank, world):
         done = done_keys(out)
