@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import sys
 
+import pytest
+import yaml
+
+from vlmstress.errors import UsageError
 from vlmstress.judge.base import Verdict
+from vlmstress.train.config import GRPORunConfig, load_config
 from vlmstress.train.rewards import (
+    REWARDS,
     accuracy_reward,
     faithful,
     format_reward,
+    register_reward,
+    resolve_reward,
     verl_compute_score,
     weighted_total,
 )
@@ -145,3 +153,58 @@ def test_weighted_total_and_verl_adapter():
     assert verl_compute_score(
         "synth", "<answer>C</answer>", "C", {"prefill": "<think>blue</think>", "faithful": True}
     ) == pytest.approx(0.0)
+
+
+# --- the registry a GRPO config names its rewards from ----------------------------------------------
+
+
+@pytest.fixture
+def registry():
+    saved = dict(REWARDS)
+    yield REWARDS
+    REWARDS.clear()
+    REWARDS.update(saved)
+
+
+def test_register_reward_refuses_a_taken_or_unnameable_name(registry):
+    before = dict(registry)
+    for name in ("format", "accuracy"):
+        with pytest.raises(ValueError, match="already registered"):
+            register_reward(name)
+    for name in ("mod:fn", "two words", ""):
+        with pytest.raises(ValueError, match="cannot be named"):
+            register_reward(name)
+    assert registry == before
+
+    @register_reward("always_one")
+    def always_one(prompts, completions, **columns):
+        return [1.0] * len(completions)
+
+    assert resolve_reward("always_one") is always_one
+
+
+def test_a_config_names_a_registered_reward_or_module_function(tmp_path, monkeypatch):
+    (tmp_path / "user_rewards_for_test.py").write_text(
+        "def brevity(prompts, completions, **columns):\n"
+        "    return [1.0 / (1 + len(c)) for c in completions]\n"
+        "NOT_A_FUNCTION = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_rewards_for_test", raising=False)
+
+    def config_with(fn: str):
+        path = tmp_path / "grpo.yaml"
+        path.write_text(yaml.safe_dump({"rewards": [{"fn": fn, "weight": 1.0}]}))
+        return load_config(path, GRPORunConfig)
+
+    assert resolve_reward(config_with("format").rewards[0].fn) is format_reward
+    brevity = resolve_reward(config_with("user_rewards_for_test:brevity").rewards[0].fn)
+    assert brevity([[]], ["abc"]) == [0.25]
+    for bad, needle in [
+        ("nosuch", "rewards.0.fn: .*unknown reward 'nosuch'"),
+        ("no_such_module_anywhere:f", "cannot import 'no_such_module_anywhere'"),
+        ("user_rewards_for_test:nosuch", "has no function 'nosuch'"),
+        ("user_rewards_for_test:NOT_A_FUNCTION", "has no function"),
+    ]:
+        with pytest.raises(UsageError, match=needle):
+            config_with(bad)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlmstress.errors import UsageError
 
@@ -96,9 +96,17 @@ class DataSource(Strict):
 class RewardTerm(Strict):
     """weight x fn, optionally gated by the judge: faithful(fn) = fn x 1[judge says consistent]."""
 
-    fn: Literal["format", "accuracy"]
+    fn: str  # a registered reward (train/rewards.py: format, accuracy, a user's) or module:function
     weight: float
     faithful: bool = False
+
+    @field_validator("fn")
+    @classmethod
+    def _names_a_reward(cls, fn: str) -> str:
+        from vlmstress.train.rewards import resolve_reward
+
+        resolve_reward(fn)  # a UsageError (a ValueError) names what is wrong
+        return fn
 
 
 class AugmentRates(Strict):

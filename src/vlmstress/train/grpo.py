@@ -72,14 +72,15 @@ def load_policy(init: str, dtype: str = "auto", *, weights_from: str | None = No
 
 def reward_functions(cfg: GRPORunConfig) -> tuple[list[Callable], list[float]]:
     """The configured reward terms as TRL reward functions, and their weights."""
-    from vlmstress.train.rewards import REWARDS, faithful
+    from vlmstress.train.rewards import faithful, resolve_reward
 
     judge = None
     if any(t.faithful for t in cfg.rewards):
         from vlmstress.models.registry import load_judge
 
         judge = load_judge(cfg.judge)  # one judge shared by every faithful term
-    funcs = [faithful(REWARDS[t.fn], judge) if t.faithful else REWARDS[t.fn] for t in cfg.rewards]
+    terms = [(resolve_reward(t.fn), t.faithful) for t in cfg.rewards]
+    funcs = [faithful(fn, judge) if gated else fn for fn, gated in terms]
     names = [f.__name__ for f in funcs]
     if len(set(names)) != len(names):
         raise UsageError(f"rewards: each reward term may appear once (got {', '.join(names)})")

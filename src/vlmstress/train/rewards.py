@@ -12,15 +12,58 @@ as the evaluation runner parses `prompt.prefill + generation`.
 
 from __future__ import annotations
 
+import importlib
 import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from vlmstress.errors import UsageError
 from vlmstress.judge.base import Judge, JudgeItem
 from vlmstress.parse import parse
 
 RewardFn = Callable[..., list[float]]
+# The rewards a GRPO config names (`rewards: [{fn: NAME, weight: W}]`); users add theirs with
+# register_reward, or name any importable function as `module:function`.
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Add a reward under `name`. A name already taken is a ValueError: replacing a reward would
+    change what every config that names it trains. `:` is kept for `module:function`."""
+    if not name or ":" in name or any(c.isspace() for c in name):
+        raise ValueError(f"reward name {name!r} cannot be named in a config")
+    if name in REWARDS:
+        fn = REWARDS[name]
+        by = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+        raise ValueError(f"reward {name!r} is already registered (by {by})")
+
+    def add(fn: RewardFn) -> RewardFn:
+        REWARDS[name] = fn
+        return fn
+
+    return add
+
+
+def resolve_reward(name: str) -> RewardFn:
+    """The reward a config names: a registered name, or `module:function` of an importable module.
+    Anything else is a UsageError (a ValueError, so a config validator can raise it as is)."""
+    if name in REWARDS:
+        return REWARDS[name]
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        raise UsageError(f"unknown reward {name!r}; registered: {', '.join(REWARDS)}, or module:function")
+    try:
+        module = importlib.import_module(module_name.strip())
+    except Exception as exc:  # the user's module: a missing one, or one that fails as it loads
+        raise UsageError(
+            f"reward {name!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})"
+        ) from None
+    fn = getattr(module, attr.strip(), None)
+    if not callable(fn):
+        raise UsageError(f"reward {name!r}: {module_name} has no function {attr!r}")
+    return fn
+
 
 # One think block, then one answer block, nothing else but whitespace around them; both non-empty.
 _WELL_FORMED = re.compile(
@@ -84,11 +127,13 @@ def is_well_formed(turn: str) -> bool:
     return bool(m.group("think").strip()) and bool(m.group("answer").strip())
 
 
+@register_reward("format")
 def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:
     """1.0 when the assistant turn is well formed (see is_well_formed), else 0.0."""
     return [1.0 if is_well_formed(turn) else 0.0 for turn in assistant_turns(prompts, completions)]
 
 
+@register_reward("accuracy")
 def accuracy_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:
     """1.0 when the parsed answer letter equals the `target` column, else 0.0 (unparsed is wrong).
 
@@ -139,9 +184,6 @@ def faithful(reward_fn: RewardFn, judge: Judge | str = "rule") -> RewardFn:
     reward.__name__ = f"faithful_{getattr(reward_fn, '__name__', 'reward')}"
     reward.__qualname__ = reward.__name__
     return reward
-
-
-REWARDS: dict[str, RewardFn] = {"format": format_reward, "accuracy": accuracy_reward}
 
 
 def weighted_total(
