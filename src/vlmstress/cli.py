@@ -125,21 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_eval(args) -> int:
-    from vlmstress.data.loading import load_data
-    from vlmstress.models.registry import check_judge_spec, load_judge, load_model, parse_spec, redact_spec
-    from vlmstress.perturb import TEMPLATES, resolve_variants
-    from vlmstress.runner import RunSpec, check_same_run, run_eval, run_lock
+    from vlmstress.api import prepare_eval
 
     # Everything the user can get wrong is checked before the run directory is created or locked.
-    parse_spec(args.model)
-    for judge in args.judge:
-        check_judge_spec(judge)
-    variants = resolve_variants(args.variants)
-    if args.template not in TEMPLATES:
-        raise UsageError(f"unknown template {args.template!r}; known: {', '.join(TEMPLATES)}")
-    model_name = redact_spec(args.model)
-    out = Path(args.out or f"runs/{_slug(model_name)}-{_slug(args.data)}")
-    samples, data_name = load_data(args.data, data_dir=args.data_dir, limit=args.limit, seed=args.seed)
+    run = prepare_eval(
+        args.model,
+        args.data,
+        variants=args.variants,
+        judges=args.judge,
+        seed=args.seed,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        template=args.template,
+        model_options=_model_options(args.model_opt),
+        data_dir=args.data_dir,
+    )
+    spec, samples = run.spec, run.samples
+    out = Path(args.out or f"runs/{_slug(spec.model)}-{_slug(args.data)}")
     if args.dry_run:
         from vlmstress.plan import plan_run
         from vlmstress.shard import rank_from_env
@@ -149,7 +152,7 @@ def cmd_eval(args) -> int:
         llm_judges = sum(j != "rule" for j in args.judge)
         plan = plan_run(
             samples,
-            variants,
+            spec.variants,
             seed=args.seed,
             template=args.template,
             max_new_tokens=args.max_new_tokens,
@@ -158,53 +161,22 @@ def cmd_eval(args) -> int:
             price_in=args.price_in,
             price_out=args.price_out,
         )
-        print(json.dumps({"model": model_name, "data": data_name, **plan.to_json()}, indent=2))
+        print(json.dumps({"model": spec.model, "data": spec.data, **plan.to_json()}, indent=2))
         return 0
-    spec = RunSpec(
-        model=model_name,
-        data=data_name,
-        variants=variants,
-        judges=[redact_spec(j) for j in args.judge],
-        seed=args.seed,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        template=args.template,
-        data_dir=args.data_dir,
-    )
     from vlmstress import shard
 
     if shard.world_size_from_env() > 1:  # one rank of a torchrun / accelerate launch run
         metrics = shard.run_distributed(
-            lambda: (
-                load_model(args.model, **_api_options(args.model, out), **_model_options(args.model_opt)),
-                [load_judge(j, **_api_options(j, out)) for j in args.judge],
-            ),
-            samples,
-            spec,
-            out,
-            retry_failed=args.retry_failed,
+            lambda: run.backends(out), samples, spec, out, retry_failed=args.retry_failed
         )
         if metrics is None:  # not rank 0: rank 0 merges the shards and reports (or says why not)
             return 0
         _print_summary(out, metrics)
         return 0
-    # The lock (and a resume's config check) come before the model loads: a second process on this
-    # --out, or a rerun of another config, is refused at once, not after minutes of loading weights.
-    with run_lock(out):
-        check_same_run(out, spec)
-        # API backends cache every request under the run, so a rerun (or resume) sends nothing twice.
-        judges = [load_judge(j, **_api_options(j, out)) for j in args.judge]
-        model = load_model(args.model, **_api_options(args.model, out), **_model_options(args.model_opt))
-        metrics = run_eval(
-            model, samples, spec, out, judges=judges, locked=True, retry_failed=args.retry_failed
-        )
+    # The lock (and a resume's config check) come before the model loads (PreparedEval.run).
+    metrics = run.run(out, progress=True, retry_failed=args.retry_failed).metrics
     _print_summary(out, metrics)
     return 0
-
-
-def _api_options(spec: str, out: Path) -> dict:
-    return {"cache_dir": str(out / "cache")} if spec.startswith("openai:") else {}
 
 
 def _model_options(pairs: list[str]) -> dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +50,20 @@ def redact_spec(spec: str) -> str:
 
     model, _, url = target.partition("@")
     return f"openai:{model}@{redact_url(url.strip())}"
+
+
+# Words that mark an option holding a credential (api_key, hf_token, headers, ...): such values are
+# never written into config.json, whose options are otherwise recorded as the run's identity.
+_SECRET_WORDS = frozenset({"key", "apikey", "token", "secret", "password", "credentials", "auth", "headers"})
+
+
+def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Backend options as they may be recorded: a credential's value becomes `<redacted>`."""
+    return {k: "<redacted>" if _is_secret(k) else v for k, v in options.items()}
+
+
+def _is_secret(option: str) -> bool:
+    return not _SECRET_WORDS.isdisjoint(re.split(r"[^a-z0-9]+", option.lower()))
 
 
 def load_model(spec: str, **options: Any) -> VLM:
