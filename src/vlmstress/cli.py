@@ -28,12 +28,22 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vlmstress", description="Stress-test the reasoning of vision-language models.")
+    # Every subcommand takes --include: user variants and rewards register themselves as they import.
+    user_code = _Parser(add_help=False)
+    user_code.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import this Python file first (repeatable): it may register variants and rewards",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     from vlmstress import study
 
     d = sub.add_parser(
         "demo",
+        parents=[user_code],
         help="the whole study on the embedded default: the SFT model and its GRPO arms, evaluated "
         "under every variant (vlmstress.study)",
     )
@@ -66,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-train", action="store_true", help="evaluate only: the SFT model and the arms trained in --out"
     )
 
-    e = sub.add_parser("eval", help="evaluate a model under the perturbation suite")
+    e = sub.add_parser("eval", parents=[user_code], help="evaluate a model under the perturbation suite")
     e.add_argument(
         "--model", required=True, help="tiny | tiny:DIR | hf:ID | vllm:ID | openai:MODEL@URL | replay:FILE"
     )
@@ -101,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--image-tokens", type=int, default=1200, help="with --dry-run: tokens per image")
 
-    t = sub.add_parser("train", help="SFT or GRPO training")
+    t = sub.add_parser("train", parents=[user_code], help="SFT or GRPO training")
     t.add_argument("kind", choices=["sft", "grpo"])
     t.add_argument("--config", required=True)
     t.add_argument("--max-steps", type=_positive, default=None)
@@ -111,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", default=None, help="comma-separated seeds: one GRPO run per seed under OUT/seed-S"
     )
 
-    r = sub.add_parser("report", help="tables, plots and an HTML report of one or more runs")
+    r = sub.add_parser(
+        "report", parents=[user_code], help="tables, plots and an HTML report of one or more runs"
+    )
     r.add_argument("dirs", nargs="+")
     r.add_argument("--html", default=None)
 
-    s = sub.add_parser("data", help="write a dataset to disk")
+    s = sub.add_parser("data", parents=[user_code], help="write a dataset to disk")
     s.add_argument("what", choices=["synth"])
     s.add_argument("--n", type=_positive, required=True)
     s.add_argument("--seed", type=int, default=0)
@@ -264,6 +276,9 @@ COMMANDS = {"eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "report": cm
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        from vlmstress.plugins import include
+
+        include(args.include)  # before the command: it may name what the files register
         return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"vlmstress: error: {e}", file=sys.stderr)
