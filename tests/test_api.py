@@ -3,6 +3,8 @@ objects; and docs/api.md, whose code blocks run as they stand."""
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,6 @@ from vlmstress.cli import main
 from vlmstress.data import synth
 from vlmstress.errors import UsageError
 from vlmstress.judge.rule import RuleJudge
-from vlmstress.perturb import VARIANTS
 from vlmstress.runner import RECORDS, read_records
 
 DOCS = Path(__file__).parent.parent / "docs" / "api.md"
@@ -149,22 +150,18 @@ def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.DOTALL | re.MULTILINE)
 
 
-def test_docs_api_md_runs_as_written(tmp_path, monkeypatch):
+def test_docs_api_md_runs_as_written(tmp_path):
     blocks = python_blocks(DOCS.read_text())
     assert len(blocks) >= 4
-    monkeypatch.chdir(tmp_path)
-    # The page registers a variant; the registry is left as it was found for the other tests.
-    saved = dict(VARIANTS)
-    namespace: dict = {}
-    try:
-        for block in blocks:
-            exec(compile(block, str(DOCS), "exec"), namespace)
-    finally:
-        VARIANTS.clear()
-        VARIANTS.update(saved)
+    # In order, as one script in a fresh process (a notebook run top to bottom), in an empty folder.
+    script = tmp_path / "api_md.py"
+    script.write_text("\n".join(blocks))
+    work = tmp_path / "work"
+    work.mkdir()
+    res = subprocess.run([sys.executable, str(script)], cwd=work, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "12 None" in res.stdout  # the in-memory run's count and path, as the page says
     # The logged run wrote its folder, and the in-memory runs nothing at all.
-    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["api-demo"]
-    assert (
-        len(namespace["logged"].records) == len(read_records(tmp_path / "runs" / "api-demo" / RECORDS)) == 12
-    )
+    assert [p.name for p in work.iterdir()] == ["runs"]
+    assert [p.name for p in (work / "runs").iterdir()] == ["api-demo"]
+    assert len(read_records(work / "runs" / "api-demo" / RECORDS)) == 12
