@@ -205,6 +205,7 @@ def test_a_config_names_a_registered_reward_or_module_function(tmp_path, monkeyp
         ("no_such_module_anywhere:f", "cannot import 'no_such_module_anywhere'"),
         ("user_rewards_for_test:nosuch", "has no function 'nosuch'"),
         ("user_rewards_for_test:NOT_A_FUNCTION", "has no function"),
+        ("os:system", "has no function 'system'"),  # a builtin is no reward
     ]:
         with pytest.raises(UsageError, match=needle):
             config_with(bad)

@@ -13,6 +13,7 @@ as the evaluation runner parses `prompt.prefill + generation`.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import string
 from collections.abc import Callable, Mapping, Sequence
@@ -60,7 +61,9 @@ def resolve_reward(name: str) -> RewardFn:
             f"reward {name!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})"
         ) from None
     fn = getattr(module, attr.strip(), None)
-    if not callable(fn):
+    # A plain Python function, as every reward is: a config must not name a builtin such as
+    # os.system, nor a class to construct.
+    if not inspect.isfunction(fn):
         raise UsageError(f"reward {name!r}: {module_name} has no function {attr!r}")
     return fn
 
