@@ -435,6 +435,10 @@ def test_client_errors_are_not_retried(server):
             "Input validation",
         ),  # TGI
         ({"object": "error", "message": "bad image", "type": "BadRequestError"}, "bad image"),  # old vLLM
+        (
+            [{"error": {"code": 400, "message": 'Unknown name "x"', "status": "INVALID_ARGUMENT"}}],
+            "Unknown name",
+        ),
     ],
 )
 def test_the_servers_own_reason_is_kept(server, body, reason):

@@ -739,6 +739,8 @@ def _status_message(exc: openai.APIStatusError) -> str:
     hands over that inner object or the whole body), TGI in `error`, FastAPI servers (transformers
     serve) in `detail`, a string or a list of {loc, msg}."""
     body = exc.body
+    if isinstance(body, list) and body:  # Gemini's OpenAI endpoint: [{"error": {...}}]
+        body = body[0]
     if isinstance(body, str) and body.strip():  # TGI's {"error": "..."}, unwrapped by the client
         return body[:300]
     if isinstance(body, dict):
