@@ -2,8 +2,14 @@
 
 It speaks `POST /v1/chat/completions` with the real response shape (including
 `choices[0].logprobs.content[i].top_logprobs`), behaves like vLLM about `continue_final_message` (or
-like a server that rejects it), and lets each test script faults: any status, Retry-After, hangs,
-truncated or malformed bodies. It counts every request and the most it ever served at once.
+like a server that rejects it, or one that accepts and ignores it), and lets each test script faults:
+any status, Retry-After, hangs, truncated or malformed bodies. It counts every request and the most it
+ever served at once. The one-token probe requests OpenAIChatModel sends before its first prompt are
+answered by the server itself (as vLLM would, or without logprobs when `logprobs` is False) and kept
+apart in `probes`, so `requests` holds the prompts a test sends.
+
+It stands in for vLLM, whose shapes (logprobs, continuation) no server that runs on this CPU
+produces; tests/test_real_server.py runs the same backend against a real `transformers serve`.
 
     with FakeOpenAIServer(lambda req: "<answer>B</answer>") as server:
         model = OpenAIChatModel("fake", server.base_url)
@@ -19,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from vlmstress.models.openai_api import PROBE_USER
 
 DEFAULT_TEXT = "<think>The picture shows it.</think><answer>A</answer>"
 
@@ -50,6 +58,27 @@ class ChatRequest:
     @property
     def messages(self) -> list[dict[str, Any]]:
         return self.body.get("messages", [])
+
+    @property
+    def is_probe(self) -> bool:
+        """Whether this is one of OpenAIChatModel's one-token probe requests."""
+        first = self.messages[0] if self.messages else {}
+        return self.body.get("max_completion_tokens") == 1 and first.get("content") == PROBE_USER
+
+    def prompt_tokens(self, continued: bool) -> int:
+        """A prompt length as a chat template makes it: each message's words and 4 tokens of turn
+        markup, then 3 for the header of the turn the model writes; a continued final message keeps
+        its words but loses its own markup, since the model writes on inside it."""
+        counts = [len(self.text_of_message(m).split()) + 4 for m in self.messages]
+        if continued:
+            counts[-1] -= 4
+        return sum(counts) + 3
+
+    def text_of_message(self, message: dict[str, Any]) -> str:
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        return " ".join(p.get("text", "") for p in content or [] if p.get("type") == "text")
 
     @property
     def continues(self) -> bool:
@@ -161,13 +190,21 @@ class FakeOpenAIServer:
         respond: Responder | None = None,
         *,
         supports_continue: bool = True,
+        ignores_continue: bool = False,
+        continues_by_itself: bool = False,
+        logprobs: bool = True,
         api_key: str | None = None,
     ) -> None:
         self.respond: Responder = respond or (lambda request: DEFAULT_TEXT)
         self.supports_continue = supports_continue
+        self.ignores_continue = ignores_continue  # accepts continue_final_message, then opens a new turn
+        # continues a final assistant message with or without the fields, as TGI and llama.cpp do
+        self.continues_by_itself = continues_by_itself
+        self.logprobs = logprobs  # whether probe replies carry top_logprobs
         self.api_key = api_key  # when set, requests without `Bearer <api_key>` get 401
         self.latency = 0.0  # seconds every reply waits, built-in errors included
         self.requests: list[ChatRequest] = []
+        self.probes: list[ChatRequest] = []
         self.max_in_flight = 0
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -190,6 +227,7 @@ class FakeOpenAIServer:
         """Forget the requests seen so far (between two runs of one test)."""
         with self._lock:
             self.requests.clear()
+            self.probes.clear()
             self.max_in_flight = 0
 
     def start(self) -> FakeOpenAIServer:
@@ -228,7 +266,7 @@ class FakeOpenAIServer:
             request.body.get("messages"), list
         ):
             return error_reply(400, "model and messages are required")
-        if request.continues:
+        if request.continues and not self.ignores_continue:
             if not self.supports_continue:
                 return error_reply(400, "Unrecognized request argument supplied: continue_final_message")
             # vLLM's own checks: only an assistant turn can be continued, and not after a new header.
@@ -239,12 +277,24 @@ class FakeOpenAIServer:
                     400,
                     "continue_final_message needs a final assistant message and add_generation_prompt=false",
                 )
-        reply = self.respond(request)
-        return Reply(json=completion(reply)) if isinstance(reply, str) else reply
+        if request.is_probe:
+            tokens = ["Okay"] if self.logprobs else None
+            top = {0: {"Okay": -0.1, "Sure": -2.4}}
+            reply: Reply | str = Reply(json=completion("Okay", tokens=tokens, top=top))
+        else:
+            reply = self.respond(request)
+        reply = Reply(json=completion(reply)) if isinstance(reply, str) else reply
+        if isinstance(reply.json, dict) and isinstance(reply.json.get("usage"), dict):
+            final_is_assistant = bool(request.messages) and request.messages[-1].get("role") == "assistant"
+            continued = final_is_assistant and (
+                self.continues_by_itself or (request.continues and not self.ignores_continue)
+            )
+            reply.json["usage"]["prompt_tokens"] = request.prompt_tokens(continued)
+        return reply
 
     def _enter(self, request: ChatRequest) -> None:
         with self._lock:
-            self.requests.append(request)
+            (self.probes if request.is_probe else self.requests).append(request)
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
 

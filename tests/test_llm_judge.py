@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_openai_server import ChatRequest, FakeOpenAIServer, error_reply
+from fake_openai_server import ChatRequest, FakeOpenAIServer, Reply, completion, error_reply
 
 from vlmstress.judge.base import JudgeItem, Verdict
 from vlmstress.judge.llm import LLMJudge, judge_prompt, parse_reply
@@ -56,6 +56,19 @@ def test_verdicts_over_http(server):
     assert req.image_urls == []
     for text in ("Where is the cup?", "A. left", "B. right", "C. above", "final answer: A (left)"):
         assert text in req.user_text
+
+
+def test_a_reasoning_judge_is_read_from_its_content_not_its_reasoning(server):
+    # A judge served with a reasoning parser (DeepSeek-R1-style) thinks in `reasoning_content`, where a
+    # draft verdict may stand; the verdict is the one in its answer.
+    def respond(request):
+        body = completion('{"supports": "A", "consistent": true}')
+        body["choices"][0]["message"]["reasoning_content"] = 'Draft: {"supports": "B", "consistent": false}'
+        return Reply(json=body)
+
+    server.respond = respond
+    [verdict] = http_judge(server).judge([item()])
+    assert verdict == Verdict("consistent", "A", "openai:judge-llm")
 
 
 def test_items_without_think_or_answer_are_unknown_without_a_call(server):

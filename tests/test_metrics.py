@@ -18,7 +18,7 @@ from vlmstress.metrics import (
 FIELDS = [
     "n", "accuracy", "accuracy_ci", "unparsed_rate", "errors", "quadrants", "consistency_adjusted_accuracy",
     "mean_entropy", "mean_p_correct", "followed_misleading", "flip_rate", "auroc_p_base",
-    "auroc_neg_entropy", "ece", "brier",
+    "auroc_neg_entropy", "ece", "brier", "prefill_mode",
 ]  # fmt: skip
 QUADRANT_NAMES = {
     "consistent_correct", "consistent_incorrect", "inconsistent_correct", "inconsistent_incorrect", "unknown",
@@ -286,7 +286,7 @@ def test_compute_metrics_shape_and_order() -> None:
     base, variant = paired_records()
     records = [variant[0], *base, *variant[1:]]  # wrong_think seen first
     m = compute_metrics(records, model="tiny", data="synth:4", n_samples=4, seed=0)
-    assert list(m) == ["model", "data", "n_samples", "variants"]  # no judges -> no agreement keys
+    assert list(m) == ["model", "data", "n_samples", "variants", "warnings"]  # no agreement keys
     assert (m["model"], m["data"], m["n_samples"]) == ("tiny", "synth:4", 4)
     assert list(m["variants"]) == ["wrong_think", "base"]
     assert m["variants"]["wrong_think"]["flip_rate"] == pytest.approx(1 / 4)

@@ -13,8 +13,14 @@ import pytest
 from fake_openai_server import ChatRequest, FakeOpenAIServer, Reply, completion, error_reply, in_turn
 from PIL import Image
 
+from vlmstress.errors import UsageError
 from vlmstress.models.base import Generation
-from vlmstress.models.openai_api import OpenAIChatModel, letter_probs_from_logprobs
+from vlmstress.models.openai_api import (
+    OpenAIChatModel,
+    ServerTraits,
+    join_reasoning,
+    letter_probs_from_logprobs,
+)
 from vlmstress.perturb import Prompt
 
 OPTIONS = ("red", "blue", "green")
@@ -152,15 +158,19 @@ def test_letter_outside_the_options_is_not_an_answer():
 # -- prefill --------------------------------------------------------------------------------------
 
 
-def test_continue_mode_sends_the_prefill_as_assistant_turn(server):
+def test_assistant_mode_sends_the_prefill_as_assistant_turn(server):
     server.respond = lambda req: " So B.</think><answer>B</answer>"
-    model = fast_model(server, prefill_mode="continue")
+    model = fast_model(server, prefill_mode="assistant")
     [gen] = run(model, prompt(prefill="<think>The ball is"))
     assert gen.error is None and gen.text == " So B.</think><answer>B</answer>"
     [req] = server.requests
     assert req.messages[-1] == {"role": "assistant", "content": "<think>The ball is"}
     assert req.body["continue_final_message"] is True and req.body["add_generation_prompt"] is False
-    assert model.prefill_mode_used == "continue"
+    assert model.prefill_mode_used == "assistant" and gen.meta["prefill_mode"] == "assistant"
+
+
+def test_continue_is_the_old_name_of_assistant(server):
+    assert fast_model(server, prefill_mode="continue").prefill_mode == "assistant"
 
 
 def test_auto_probes_once_and_falls_back_to_user_mode(server):
@@ -175,34 +185,181 @@ def test_auto_probes_once_and_falls_back_to_user_mode(server):
     assert all(g.error is None for g in gens)
     assert [g.text for g in gens] == ["<answer>A</answer>"] * 6 + ["plain"]
     assert model.prefill_mode_used == "user"
-    assert sum(req.continues for req in server.requests) == 1  # one probe, rejected
-    user_mode = [
-        req for req in server.requests if not req.continues and "Your answer so far" in req.user_text
-    ]
+    # Three probes, once: logprobs, continuation (refused), a finished turn; no prompt continues.
+    assert sum(req.continues for req in server.probes) == 1 and len(server.probes) == 3
+    assert not any(req.continues for req in server.requests)
+    user_mode = [req for req in server.requests if "Your answer so far" in req.user_text]
     assert len(user_mode) == 6
     assert all(prefill in req.user_text and req.messages[-1]["role"] == "user" for req in user_mode)
-    if hasattr(gens[0], "meta"):  # once Generation carries meta, each records its prefill mode
-        assert gens[0].meta["prefill_mode"] == "user" and gens[-1].meta["prefill_mode"] is None
+    assert gens[0].meta["prefill_mode"] == "user" and gens[-1].meta["prefill_mode"] is None
+    [warning] = model.preflight()
+    assert "user mode" in warning and "Unrecognized request argument" in warning
 
 
-def test_auto_keeps_continue_when_the_server_supports_it(server):
+def test_auto_keeps_assistant_mode_when_the_server_continues(server):
     model = fast_model(server)
     run(model, *[prompt(f"s{i}", prefill="<think>") for i in range(3)])
-    assert model.prefill_mode_used == "continue"
+    assert model.prefill_mode_used == "assistant" and model.preflight() == []
     assert all(req.continues for req in server.requests) and len(server.requests) == 3
+    # The probe compared the prompt lengths of a continued and a finished turn.
+    assert "honoured" in model.traits.notes["prefill_mode"]
 
 
-def test_explicit_continue_mode_does_not_fall_back(server):
+def test_a_server_that_accepts_but_ignores_continuation_gets_user_mode(server):
+    # It answers 200, and opens a new turn anyway: the prefill would sit in a finished turn.
+    server.ignores_continue = True
+    model = fast_model(server)
+    [gen] = run(model, prompt(prefill="<think>W</think>"))
+    assert model.prefill_mode_used == "user" and gen.meta["prefill_mode"] == "user"
+    assert "opened a new turn anyway" in model.preflight()[0]
+    with pytest.raises(UsageError, match="opened a new turn"):
+        fast_model(server, prefill_mode="assistant").preflight()
+
+
+@pytest.mark.parametrize("refuses_fields", [False, True])
+def test_a_server_that_continues_by_itself_gets_assistant_mode(server, refuses_fields):
+    # TGI, llama.cpp and Ollama continue a final assistant message without being asked.
+    server.continues_by_itself = True
+    server.ignores_continue = not refuses_fields
+    server.supports_continue = not refuses_fields
+    model = fast_model(server)
+    [gen] = run(model, prompt(prefill="<think>W</think>"))
+    assert model.prefill_mode_used == "assistant" and gen.meta["prefill_mode"] == "assistant"
+    assert "by itself" in model.traits.notes["prefill_mode"]
+    [req] = server.requests
+    assert req.messages[-1] == {"role": "assistant", "content": "<think>W</think>"}
+    assert req.continues is not refuses_fields  # the fields are sent only where they are accepted
+
+
+def test_explicit_assistant_mode_refuses_to_fall_back(server):
     server.supports_continue = False
-    [gen] = run(fast_model(server, prefill_mode="continue"), prompt(prefill="<think>"))
-    assert gen.error is not None and "400" in gen.error
-    assert len(server.requests) == 1
+    with pytest.raises(UsageError, match="prefill_mode=assistant: .* cannot continue"):
+        fast_model(server, prefill_mode="assistant").preflight()
+    with pytest.raises(UsageError):
+        run(fast_model(server, prefill_mode="assistant"), prompt(prefill="<think>"))
+    assert server.n_requests == 0
 
 
 def test_explicit_user_mode_never_sends_continue(server):
     model = fast_model(server, prefill_mode="user")
     run(model, prompt(prefill="<think>"))
     assert not server.requests[0].continues and model.prefill_mode_used == "user"
+
+
+def test_no_logprobs_is_said_once_before_the_run(server):
+    server.logprobs = False
+    model = fast_model(server)
+    warnings = model.preflight()
+    assert any("no letter probabilities" in w and "entropy" in w for w in warnings)
+    [gen] = run(model, prompt())
+    assert gen.letter_probs is None
+    # Not asked again for the prompts: the server showed it does not return them.
+    assert "logprobs" not in server.requests[0].body
+
+
+def test_a_refusal_of_logprobs_is_not_a_failure(server):
+    def respond(req):
+        if req.body.get("logprobs"):
+            return error_reply(400, "logprobs is not supported with this model")
+        return "<answer>B</answer>"
+
+    server.respond = respond
+    server.logprobs = False
+    original = server._reply_to
+
+    def refuse_logprobs_in_probes(req):  # as o-series models do, probes included
+        if req.is_probe and req.body.get("logprobs"):
+            return error_reply(400, "logprobs is not supported with this model")
+        return original(req)
+
+    server._reply_to = refuse_logprobs_in_probes
+    model = fast_model(server)
+    [gen] = run(model, prompt())
+    assert gen.error is None and gen.text == "<answer>B</answer>"
+    assert "refused logprobs" in model.preflight()[-1]
+
+
+# -- reasoning fields -----------------------------------------------------------------------------
+
+
+def reasoning_reply(content, reasoning, field="reasoning_content"):
+    body = completion(content or "")
+    body["choices"][0]["message"] = {"role": "assistant", "content": content, field: reasoning}
+    return Reply(json=body)
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_the_think_a_server_split_off_is_put_back(server, field):
+    server.respond = lambda req: reasoning_reply("<answer>B</answer>", "It is blue.", field)
+    [gen] = run(fast_model(server), prompt())
+    assert gen.text == "<think>It is blue.</think><answer>B</answer>"
+    assert gen.meta["think_source"] == field
+
+
+@pytest.mark.parametrize(
+    ("prefill", "content", "reasoning", "text"),
+    [
+        ("", "<answer>B</answer>", "Blue.", "<think>Blue.</think><answer>B</answer>"),
+        ("", None, "Still thinking", "<think>Still thinking"),  # ran out of tokens inside the think
+        # No think at all, filed as reasoning because no </think> came (vLLM's R1 / Qwen3 parsers).
+        ("", None, "<answer>B</answer>", "<answer>B</answer>"),
+        # The prefill's think is open (wrong_think_hedge): the reasoning continues it.
+        (
+            "<think>It is red but I think",
+            "<answer>B</answer>",
+            " it is blue.",
+            " it is blue.</think><answer>B</answer>",
+        ),
+        # The prefill closed the think (wrong_think): all-reasoning output is misfiled content.
+        ("<think>It is red.</think>", None, "<answer>A</answer>", "<answer>A</answer>"),
+        # ... but a second think the model opened itself keeps its tags.
+        (
+            "<think>It is red.</think>",
+            "<answer>B</answer>",
+            "No, blue.",
+            "<think>No, blue.</think><answer>B</answer>",
+        ),
+        ("", "<answer>C</answer>", None, "<answer>C</answer>"),
+    ],
+)
+def test_join_reasoning(prefill, content, reasoning, text):
+    assert join_reasoning(prefill, content, reasoning) == text
+
+
+def test_think_source_says_where_the_think_came_from(server):
+    server.respond = lambda req: (
+        "<answer>A</answer>" if req.continues else "<think>x</think><answer>A</answer>"
+    )
+    gens = run(
+        fast_model(server), prompt("a"), prompt("b", prefill="<think>W</think>"), prompt("c", user="no")
+    )
+    assert [g.meta["think_source"] for g in gens] == ["content", "prefill", "content"]
+
+
+# -- forced scoring -------------------------------------------------------------------------------
+
+
+def test_a_completion_without_an_answer_is_scored_forced(server):
+    def respond(req):
+        if req.body["max_completion_tokens"] == 1:  # the forced request: prefill + completion + <answer>
+            return Reply(
+                json=completion("B", tokens=["B"], top={0: {"B": math.log(0.7), "C": math.log(0.3)}})
+            )
+        return Reply(json=completion("<think>Hmm.</think>", tokens=["<think>Hmm.</think>"]))
+
+    server.respond = respond
+    [gen] = run(fast_model(server), prompt())
+    assert gen.score_source == "forced"
+    assert gen.letter_probs == pytest.approx({"A": 0.0, "B": 0.7, "C": 0.3})
+    forced = server.requests[-1]
+    assert forced.continues and forced.messages[-1]["content"] == "<think>Hmm.</think><answer>"
+
+
+def test_no_forced_scoring_where_turns_cannot_be_continued(server):
+    server.supports_continue = False
+    server.respond = lambda req: Reply(json=completion("<think>Hmm.</think>", tokens=["<think>Hmm.</think>"]))
+    [gen] = run(fast_model(server), prompt())
+    assert gen.letter_probs is None and len(server.requests) == 1
 
 
 # -- faults and retries ---------------------------------------------------------------------------
@@ -265,6 +422,54 @@ def test_client_errors_are_not_retried(server):
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            {"detail": "Unexpected fields in the request: {'x'}"},
+            "Unexpected fields in the request",
+        ),  # FastAPI
+        ({"detail": [{"loc": ["body", "x"], "msg": "field required"}]}, "field required"),
+        (
+            {"error": "Input validation error: too long", "error_type": "validation"},
+            "Input validation",
+        ),  # TGI
+        ({"object": "error", "message": "bad image", "type": "BadRequestError"}, "bad image"),  # old vLLM
+        (
+            [{"error": {"code": 400, "message": 'Unknown name "x"', "status": "INVALID_ARGUMENT"}}],
+            "Unknown name",
+        ),
+    ],
+)
+def test_the_servers_own_reason_is_kept(server, body, reason):
+    server.respond = lambda req: Reply(json=body, status=422)
+    [gen] = run(fast_model(server), prompt())
+    assert gen.error.startswith("HTTP 422: ") and reason in gen.error
+
+
+def test_a_dead_server_costs_one_retry_budget_not_one_per_prompt():
+    with FakeOpenAIServer() as gone:
+        url = gone.base_url
+    model = OpenAIChatModel("m", url, max_retries=3, backoff=0.01, max_concurrency=1)
+    model.traits = ServerTraits("assistant", True, top_logprobs=20)  # learned before it went down
+    gens = run(model, *[prompt(str(i)) for i in range(5)])
+    assert "connection error" in gens[0].error and "4 attempts" in gens[0].error
+    assert all(g.error.startswith("not sent: the server was unreachable") for g in gens[1:])
+    assert all("--retry-failed" in g.error for g in gens)
+
+
+def test_a_5xx_for_one_prompt_does_not_stop_the_others(server):
+    server.respond = lambda req: error_reply(503, "no") if "FAIL" in req.user_text else "ok"
+    gens = run(fast_model(server, max_retries=1, max_concurrency=1), prompt("a", user="FAIL"), prompt("b"))
+    assert "503" in gens[0].error and gens[1].text == "ok"
+
+
+def test_the_default_retry_budget_outlasts_a_model_reload():
+    model = OpenAIChatModel("m", "http://127.0.0.1:1/v1")
+    waits = sum(model.backoff * 2**attempt for attempt in range(model.max_retries))
+    assert waits >= 90  # transformers serve / vLLM take 30-60 s to load a model again
+
+
 def test_unreadable_image_fails_without_a_request(server):
     [gen] = run(fast_model(server), prompt(image=b"definitely not a png"))
     assert gen.error is not None and "image" in gen.error
@@ -312,6 +517,23 @@ def test_failures_are_not_cached(server, tmp_path):
     gens = run(fast_model(server, cache_dir=tmp_path), *prompts)
     assert [g.text for g in gens] == ["ok", "recovered"]
     assert server.n_requests == 1
+
+
+def test_credentials_a_server_echoes_are_never_written(tmp_path):
+    secret = "sk-echo-0123456789abcdef"
+    basic = base64.b64encode(b"alice:pw-1234").decode()
+    with FakeOpenAIServer() as fake:
+        fake.respond = lambda req: f"<answer>B</answer> you sent {req.headers.get('authorization')}"
+        url = fake.base_url.replace("http://", "http://alice:pw-1234@")
+        model = OpenAIChatModel("m", url, api_key=secret, cache_dir=tmp_path, backoff=0.01, max_retries=0)
+        [gen] = run(model, prompt())
+        assert "you sent" in gen.text and secret not in gen.text
+        fake.respond = lambda req: error_reply(401, f"bad auth {req.headers.get('authorization')} {basic}")
+        [failed] = run(OpenAIChatModel("m", url, api_key=secret, max_retries=0), prompt("other"))
+    assert "401" in failed.error and secret not in failed.error and basic not in failed.error
+    for path in Path(tmp_path).rglob("*.json"):
+        text = path.read_text()
+        assert secret not in text and basic not in text and "pw-1234" not in text
 
 
 def test_the_key_is_sent_but_never_written(tmp_path):

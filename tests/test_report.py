@@ -498,3 +498,11 @@ def test_filters_toggle_samples_in_chromium(runs, tmp_path):
     expected = [r for r in records if r["variant"] == "wrong_think" and r["correct"] and r["error"] is None]
     assert probe == ["wrong_think:correct"] * len(expected) and expected
     assert count == len({r["sample_id"] for r in expected}) < N
+
+
+def test_a_runs_fidelity_warnings_lead_the_page(runs):
+    # Run B's saved responses carry no letter probabilities: the page says so before any number.
+    text = runs["text"]
+    section = text[text.index('id="fidelity"') : text.index('id="runs"')]
+    assert "no letter probabilities" in section and "run-b" in section.lower()
+    assert metrics_of(runs["a"])["warnings"] == []

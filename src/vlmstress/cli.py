@@ -273,7 +273,21 @@ def _print_summary(out: Path, metrics: dict) -> None:
 COMMANDS = {"eval": cmd_eval, "demo": cmd_demo, "train": cmd_train, "report": cmd_report, "data": cmd_data}
 
 
+def _warnings_to_stderr() -> None:
+    """The library's warnings (logger `vlmstress`) as one line each, in the form errors take."""
+    import logging
+
+    logger = logging.getLogger("vlmstress")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("vlmstress: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _warnings_to_stderr()
     try:
         args = build_parser().parse_args(argv)
         from vlmstress.plugins import include

@@ -83,9 +83,15 @@ def _quadrant(record: Record) -> str:
     return f"{verdict}_{'correct' if record.get('correct') else 'incorrect'}"
 
 
+def _judged(record: Record) -> bool:
+    return (record.get("judge") or {}).get("verdict") in ("consistent", "inconsistent")
+
+
 def _quadrants(records: Sequence[Record]) -> dict[str, float | None]:
+    """The five shares; all null when no record got a consistent / inconsistent verdict (no judge
+    ran, or none could tell), since then every share but `unknown` would read 0 for "not measured"."""
     names = (*QUADRANTS, "unknown")
-    if not records:
+    if not any(map(_judged, records)):
         return dict.fromkeys(names)
     counts = dict.fromkeys(names, 0)
     for r in records:
@@ -130,6 +136,61 @@ def _brier(scored: Sequence[tuple[dict[str, float], str]]) -> float | None:
             for probs, target in scored
         ]
     )
+
+
+# ---------------------------------------------------------------- fidelity of a run
+
+# Earlier records name the assistant mode `continue`.
+_MODE_NAMES = {"continue": "assistant"}
+
+
+def record_prefill_mode(record: Record) -> str | None:
+    """Where a record's prefill went: `assistant` (the start of the model's own turn) or `user`
+    (written into the user turn); None without a prefill. Records written before the field existed
+    kept the openai backend's mode in `meta`; every other backend continues the assistant turn."""
+    if not record.get("prefill"):
+        return None
+    mode = record.get("prefill_mode") or (record.get("meta") or {}).get("prefill_mode") or "assistant"
+    return _MODE_NAMES.get(mode, mode)
+
+
+def _prefill_mode(records: Sequence[Record]) -> str | None:
+    modes = {record_prefill_mode(r) for r in records} - {None}
+    if not modes:
+        return None
+    return modes.pop() if len(modes) == 1 else "mixed"
+
+
+def run_warnings(records: Sequence[Record], variants: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What makes this run's numbers differ from what they claim to measure, one line each: shown
+    at the top of summary.md and the report, and printed at the end of a run."""
+    warnings = []
+    moved = [name for name, v in variants.items() if v.get("prefill_mode") in ("user", "mixed")]
+    if moved:
+        warnings.append(
+            f"{', '.join(moved)}: the prefill was written into the user turn (the server could not "
+            "continue an assistant turn), so these are not the paper's prefilled variants"
+        )
+    scorable = [r for r in records if not _is_error(r) and r.get("target") is not None]
+    missing = sum(not r.get("letter_probs") for r in scorable)
+    if scorable and missing == len(scorable):
+        warnings.append(
+            "no letter probabilities from this model: entropy, P(correct), AUROC, ECE and Brier are null"
+        )
+    elif missing:
+        warnings.append(
+            f"letter probabilities missing on {missing} of {len(scorable)} records: entropy, "
+            "P(correct), ECE and Brier are over the others"
+        )
+    ok = [r for r in records if not _is_error(r)]
+    if ok and not any(map(_judged, ok)):
+        why = (
+            "no judge ran"
+            if all(r.get("judge") is None for r in ok)
+            else "no verdict was consistent/inconsistent"
+        )
+        warnings.append(f"{why}: consistency-adjusted accuracy and the quadrants are null")
+    return warnings
 
 
 # ---------------------------------------------------------------- per variant
@@ -188,6 +249,7 @@ def variant_metrics(
         "auroc_neg_entropy": _auroc(survived, [-letter_entropy(b["letter_probs"]) for b, _ in scorable]),
         "ece": _ece(scored),
         "brier": _brier(scored),
+        "prefill_mode": _prefill_mode(ok),
     }
 
 
@@ -235,6 +297,7 @@ def compute_metrics(
             name: variant_metrics(rs, None if name == "base" else base, seed) for name, rs in grouped.items()
         },
     }
+    metrics["warnings"] = run_warnings(records, metrics["variants"])
     if any(r.get("judges") for r in records):
         counts, kappa = _judge_agreement(records)
         metrics["judges"] = counts
@@ -245,6 +308,8 @@ def compute_metrics(
 # ---------------------------------------------------------------- summary.md
 
 _DASH = "\u2013"
+# Marks a variant whose prefill went into the user turn, wherever variants are tabled.
+USER_MODE_MARK = "\u2020"
 
 
 def _pct(x: float | None) -> str:
@@ -267,9 +332,11 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
         "| variant | n | accuracy % [95% CI] | Δ vs base (pts) | consistency-adj. acc % | unparsed % "
         "| mean entropy (nats) | mean P(correct) % | followed misleading % | flip rate % | AUROC P_base % |"
     )
-    lines = [
-        f"# {metrics.get('model', '?')} on {metrics.get('data', '?')}",
-        "",
+    lines = [f"# {metrics.get('model', '?')} on {metrics.get('data', '?')}", ""]
+    lines += [f"> **Warning:** {w}" for w in metrics.get("warnings") or []]
+    if metrics.get("warnings"):
+        lines.append("")
+    lines += [
         header,
         "|" + "---|" * header.count(" | ") + "---|",
     ]
@@ -282,7 +349,7 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
         n_errors = v.get("errors") or 0
         errors = f" ({n_errors} error{'s' if n_errors > 1 else ''})" if n_errors else ""
         cells = [
-            name,
+            name + (f" {USER_MODE_MARK}" if v.get("prefill_mode") in ("user", "mixed") else ""),
             f"{v.get('n', 0)}{errors}",
             _accuracy_cell(v),
             drop,
@@ -295,6 +362,11 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
             _pct(v.get("auroc_p_base")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(v.get("prefill_mode") in ("user", "mixed") for v in variants.values()):
+        lines += [
+            "",
+            f"{USER_MODE_MARK} prefill written into the user turn, not the model's own (prefill_mode)",
+        ]
     kappa = metrics.get("judge_agreement", {}).get("fleiss_kappa", None)
     if "judge_agreement" in metrics:
         shown = _DASH if kappa is None else f"{kappa:.3f}"

@@ -286,3 +286,14 @@ def grade_open(answer_text: str | None, gold: str) -> bool:
         return False
     k = len(expected)
     return any(answer[i : i + k] == expected for i in range(len(answer) - k + 1))
+
+
+def think_source(completion: str, prefill: str, reasoning_field: str | None = None) -> str | None:
+    """Where a record's think was read from: a server's reasoning field (`reasoning_content`,
+    `reasoning`), the completion's own tags (`content`), the prefill (a think placed in the model's
+    mouth), or nowhere (None)."""
+    if reasoning_field:
+        return reasoning_field
+    if "<think>" in completion:
+        return "content"
+    return "prefill" if "<think>" in prefill else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,7 @@ from vlmstress.errors import UsageError
 from vlmstress.judge.base import Judge, JudgeItem, Verdict
 from vlmstress.metrics import compute_metrics, letter_entropy, p_correct, summary_markdown
 from vlmstress.models.base import VLM, Generation
-from vlmstress.parse import grade_open, parse
+from vlmstress.parse import grade_open, parse, think_source
 from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb
 
 RECORDS = "records.jsonl"
@@ -199,6 +200,8 @@ def error_record(sample: Sample, variant: str, error: str, prompt: Prompt | None
         "error": error,
         "family": sample.family,
         "n_tokens": 0,
+        "prefill_mode": None,
+        "think_source": None,
     }
 
 
@@ -211,6 +214,7 @@ def make_record(sample: Sample, prompt: Prompt, gen: Generation, verdicts: list[
     else:
         correct = parsed.answer is not None and parsed.answer == prompt.target
     probs = gen.letter_probs
+    meta = {k: v for k, v in gen.meta.items() if not (k == "prefill_mode" and not prompt.prefill)}
     record = {
         "sample_id": sample.sample_id,
         "variant": prompt.variant,
@@ -230,11 +234,15 @@ def make_record(sample: Sample, prompt: Prompt, gen: Generation, verdicts: list[
         "error": None,
         "family": sample.family,
         "n_tokens": gen.n_tokens,
+        # Where the prefill went (in-process backends always continue the model's own turn; a
+        # server may have put it in the user turn) and where the think was read from.
+        "prefill_mode": meta.pop("prefill_mode", "assistant") if prompt.prefill else None,
+        "think_source": meta.pop("think_source", None) or think_source(gen.text, prompt.prefill),
     }
     if len(verdicts) > 1:
         record["judges"] = [v.to_json() for v in verdicts]
-    if gen.meta:  # how the backend answered, e.g. the openai backend's prefill mode
-        record["meta"] = gen.meta
+    if meta:  # anything else a backend says about how it answered
+        record["meta"] = meta
     return record
 
 
@@ -449,6 +457,16 @@ class _Log:
         write_atomic(commit_path(self.path), json.dumps({"bytes": size, "lines": self.lines}))
 
 
+def preflight(model: VLM, todo: Sequence[tuple[Sample, Prompt]]) -> None:
+    """Before the first prompt, a backend that can (a server) says what it will cost this run's
+    fidelity (prefills in the user turn, no letter probabilities): one warning line each, on the
+    `vlmstress` logger, which the command line prints as `vlmstress: warning: ...`."""
+    check = getattr(model, "preflight", None)
+    if todo and check is not None:
+        for line in check():
+            logging.getLogger("vlmstress").warning(line)
+
+
 class _MemoryLog:
     """What _generate_all needs of a log, kept in a list: nothing to commit, nothing to resume."""
 
@@ -461,6 +479,8 @@ class _MemoryLog:
 
 def _generate_all(model, todo, spec, judges, log: _Log | _MemoryLog, progress, on_batch) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    preflight(model, todo)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress or not todo, transient=False) as bar:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmstress.errors import UsageError
+from vlmstress.metrics import USER_MODE_MARK
 
 if TYPE_CHECKING:
     from vlmstress.train.config import GRPORunConfig
@@ -366,8 +367,16 @@ def study_markdown(
     ]
     for label, group in groups.items():
         seeds = ",".join(str(e.seed) for e in group) if group[0].seed is not None else NULL
-        cells = [spread_cell([_get(e.metrics, v, k) for e in group], s, d) for _, v, k, s, d in columns]
+        cells = [
+            spread_cell([_get(e.metrics, v, k) for e in group], s, d) + _user_mode_mark(group, v)
+            for _, v, k, s, d in columns
+        ]
         lines.append("| " + " | ".join([label, seeds, *cells]) + " |")
+    if any(_user_mode_mark(group, v) for group in groups.values() for v in variants):
+        lines += [
+            "",
+            f"{USER_MODE_MARK} prefill written into the user turn, not the model's own (prefill_mode)",
+        ]
     arms = [e for e in evaluations if e.seed is not None]
     if "base" in variants and arms:
         sft = _get(groups["sft"][0].metrics, "base", "accuracy")
@@ -381,6 +390,12 @@ def study_markdown(
             cells = [_with_delta(by_seed.get(s), sft) for s in seeds]
             lines.append("| " + " | ".join([label, *cells]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _user_mode_mark(group: Sequence[Evaluation], variant: str) -> str:
+    """† on a cell whose variant's prefill went into the user turn in any of the group's runs."""
+    modes = {_get(e.metrics, variant, "prefill_mode") for e in group}
+    return f" {USER_MODE_MARK}" if modes & {"user", "mixed"} else ""
 
 
 def _with_delta(acc: float | None, sft: float | None) -> str:

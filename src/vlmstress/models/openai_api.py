@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 
 from vlmstress.models.base import Generation, chat_messages
+from vlmstress.parse import think_source
 from vlmstress.perturb import Prompt
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,17 @@ class _RedactURLCredentials(logging.Filter):
 for _name in ("httpx", "httpx2"):
     logging.getLogger(_name).addFilter(_RedactURLCredentials())
 
-PrefillMode = Literal["auto", "continue", "user"]
-PREFILL_MODES: tuple[str, ...] = ("auto", "continue", "user")
+PrefillMode = Literal["auto", "assistant", "user"]
+PREFILL_MODES: tuple[str, ...] = ("auto", "assistant", "user")
+# Earlier releases called the assistant mode `continue` (in options and in the mode cache).
+_MODE_ALIASES = {"continue": "assistant"}
 
 ANSWER_OPEN = "<answer>"
+THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+# Where servers put the reasoning they split off the content: vLLM >= 0.9 and OpenRouter `reasoning`,
+# vLLM before it, SGLang, transformers serve, llama.cpp and DeepSeek's API `reasoning_content`.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 # A server asking for a longer pause than this is treated as if it asked for this much: a run should
 # slow down under rate limits, not stall for an hour on one header.
 MAX_WAIT = 120.0
@@ -204,7 +212,7 @@ def png_data_url(ref: Any) -> str:
 def _openai_messages(prompt: Prompt, mode: str | None, image_url: str | None) -> list[dict[str, Any]]:
     """chat_messages in the wire form: image placeholders become data URLs, text-only turns plain
     strings (every compatible server accepts those; not all accept text parts in system turns)."""
-    messages = chat_messages(prompt, with_prefill=mode == "continue")
+    messages = chat_messages(prompt, with_prefill=mode == "assistant")
     if mode == "user":
         parts = messages[-1]["content"]  # the user turn: chat_messages puts its text part last
         note = USER_PREFILL_NOTE.format(prefill=prompt.prefill)
@@ -258,14 +266,104 @@ class _DiskCache:
             raise
 
 
+def join_reasoning(prefill: str, content: str | None, reasoning: str | None) -> str:
+    """The completion as the model wrote it, from a server that split its think off the content.
+
+    Reasoning parsers (vLLM's, SGLang's, transformers serve's, llama.cpp's) cut the text at
+    `</think>`, drop both tags and return the inside as `reasoning`. The paper's parser reads the think
+    from the tags, so they are put back, in the place the prefill leaves them:
+    - the prefill opens a think it does not close (wrong_think_hedge): the model was still thinking,
+      so the reasoning continues the prefill's think and is closed before the content;
+    - the prefill already closed its think (wrong_think, stop_think): the model's own think has ended,
+      so reasoning with no content is text the parser filed as reasoning because it found no
+      `</think>` (vLLM's DeepSeek-R1 and Qwen3 parsers do that), and is kept as it is;
+    - otherwise the reasoning was the model's think: `<think>{reasoning}</think>{content}`, except an
+      all-reasoning reply that holds an answer tag, which is the same misfiling as above.
+    """
+    content = content or ""
+    if not reasoning:
+        return content
+    opened, closed = prefill.rfind(THINK_OPEN), prefill.rfind(THINK_CLOSE)
+    if opened > closed:  # inside the prefill's think
+        return reasoning + (THINK_CLOSE + content if content else "")
+    if not content and (closed >= 0 or ANSWER_OPEN in reasoning):
+        return reasoning
+    return THINK_OPEN + reasoning + (THINK_CLOSE + content if content else "")
+
+
+def _reasoning_of(message: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(the reasoning a server returned beside the content, the field it came in)."""
+    for name in REASONING_FIELDS:
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            return value, name
+    return None, None
+
+
+def _has_alternatives(data: Mapping[str, Any]) -> bool:
+    """Whether a reply carries per-token alternatives (top_logprobs), what letter_probs are read from."""
+    try:
+        entries = data["choices"][0]["logprobs"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return False
+    return bool(entries) and all(isinstance(e, dict) and e.get("top_logprobs") for e in entries[:1])
+
+
+@dataclass
+class ServerTraits:
+    """What a server was found to do, by `OpenAIChatModel.probe`, stated in every run that uses it.
+
+    `prefill_mode` is where a prefill goes: `assistant` (the server really continues the model's own
+    turn) or `user` (written into the user message); `letter_probs` whether replies carry the
+    top_logprobs that answer-letter distributions are read from; `notes` say why, in the words a
+    warning line prints.
+    """
+
+    prefill_mode: str
+    letter_probs: bool
+    continue_flags: bool = True
+    top_logprobs: int = 0
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prefill_mode": self.prefill_mode,
+            "letter_probs": self.letter_probs,
+            "continue_flags": self.continue_flags,
+            "top_logprobs": self.top_logprobs,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> ServerTraits | None:
+        if not isinstance(data, dict):
+            return None
+        mode = _MODE_ALIASES.get(data.get("prefill_mode"), data.get("prefill_mode"))
+        if mode not in ("assistant", "user") or not isinstance(data.get("letter_probs"), bool):
+            return None
+        notes = data.get("notes") if isinstance(data.get("notes"), dict) else {}
+        flags = data.get("continue_flags", True) is True
+        k = data.get("top_logprobs")
+        k = k if isinstance(k, int) and k >= 0 else 0
+        return cls(mode, data["letter_probs"], flags, k, {str(k): str(v) for k, v in notes.items()})
+
+
+# The probe: a text-only exchange of one generated token, cheap on any server.
+PROBE_USER = "Reply with one word."
+PROBE_PREFILL = "Okay"
+
+
 class OpenAIChatModel:
     """A model behind `POST {base_url}/chat/completions`.
 
-    Prefill (the assistant turn a variant puts in the model's mouth): `continue` sends it as the last
-    assistant message with vLLM's `continue_final_message`; `user` writes it into the user turn and
-    asks the model to go on; `auto` tries `continue` once and falls back to `user` for good if the
-    server rejects it. `prefill_mode_used` says which one ran. `top_logprobs=0` stops asking for
-    logprobs, for servers that refuse them (letter_probs is then None).
+    Before the first prompt, `probe` learns what the server does with three one-token requests (see
+    ServerTraits): whether it returns top_logprobs, and whether it continues an assistant turn
+    (vLLM's `continue_final_message` + `add_generation_prompt: false`). A prefill (the text a variant
+    puts in the model's mouth) then goes where `prefill_mode` says: `assistant` (the start of the
+    model's own turn; refused, as a UsageError, on a server that cannot do it), `user` (written into
+    the user turn, which asks the model to go on), or `auto` (assistant where the server continues
+    turns, else user, with a warning). Every Generation records its mode and where its think came
+    from. `top_logprobs=0` stops asking for logprobs (letter_probs is then None).
     """
 
     def __init__(
@@ -275,14 +373,15 @@ class OpenAIChatModel:
         *,
         api_key: str | None = None,
         max_concurrency: int = 8,
-        max_retries: int = 4,
+        max_retries: int = 7,
         timeout: float = 60.0,
         backoff: float = 1.0,
-        prefill_mode: PrefillMode = "auto",
+        prefill_mode: str = "auto",
         top_logprobs: int = 20,
         cache_dir: str | os.PathLike[str] | None = None,
         temperature: float = 0.0,
     ) -> None:
+        prefill_mode = _MODE_ALIASES.get(prefill_mode, prefill_mode)
         if prefill_mode not in PREFILL_MODES:
             raise ValueError(f"prefill_mode must be one of {', '.join(PREFILL_MODES)}, not {prefill_mode!r}")
         if max_concurrency < 1 or max_retries < 0 or top_logprobs < 0:
@@ -302,14 +401,21 @@ class OpenAIChatModel:
         # Retries are ours (max_retries=0 here) so backoff, Retry-After and malformed bodies are
         # handled in one place and tests can shorten the waits.
         self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=0)
-        self._secret = key
+        self._secrets = _secrets_of(key, self.base_url)
         self._probe_lock = threading.Lock()
-        self.prefill_mode_used: str | None = None if prefill_mode == "auto" else prefill_mode
-        if prefill_mode == "auto":
-            self.prefill_mode_used = self._cache_get_mode()
+        self.traits: ServerTraits | None = None
+        # Set once a request could not reach the server at all (connection refused or reset on every
+        # retry): the prompts after it fail at once, so a dead server costs one retry budget, not one
+        # per prompt, and --retry-failed redoes them all once it is back.
+        self._unreachable: str | None = None
 
     def __repr__(self) -> str:  # the default would be harmless, but say plainly there is no key here
         return f"OpenAIChatModel({self.name!r})"
+
+    @property
+    def prefill_mode_used(self) -> str | None:
+        """Where prefills go in this run, once probed (None before)."""
+        return self.traits.prefill_mode if self.traits else None
 
     def close(self) -> None:
         self._client.close()
@@ -317,22 +423,147 @@ class OpenAIChatModel:
     def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[Generation]:
         if not prompts:
             return []
+        try:
+            self.probe()
+        except (RequestRejected, RequestFailed) as exc:  # the server cannot be asked at all
+            return [Generation(text="", error=self._scrub(f"probe: {exc}")) for _ in prompts]
         workers = min(self.max_concurrency, len(prompts))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai") as pool:
             return list(pool.map(lambda p: self._generate_one(p, max_new_tokens), prompts))
+
+    def preflight(self) -> list[str]:
+        """Probe the server before a run, and say what it will cost the run's fidelity: one warning
+        line per way this server's answers differ from an in-process model's."""
+        traits = self.probe()
+        warnings = []
+        if traits.prefill_mode == "user":
+            warnings.append(
+                "prefilled variants (wrong_think, stop_think, ...) run in user mode: the prefill is "
+                f"written into the user turn, not the model's own ({traits.notes.get('prefill_mode', '')}); "
+                "that is not the paper's setting for open models (--model-opt prefill_mode=assistant "
+                "refuses to run instead)"
+            )
+        if not traits.letter_probs:
+            warnings.append(
+                f"no letter probabilities from this server ({traits.notes.get('letter_probs', '')}): "
+                "entropy, P(correct), AUROC, ECE and Brier are null"
+            )
+        return warnings
+
+    # -- what the server does ----------------------------------------------------------------------
+
+    def probe(self) -> ServerTraits:
+        """The server's traits: remembered in the cache, else learned once (three one-token
+        requests, themselves cached), thread-safe. A UsageError when `prefill_mode="assistant"` was
+        asked of a server that cannot continue a turn."""
+        if self.traits is None:
+            with self._probe_lock:
+                if self.traits is None:
+                    traits = ServerTraits.from_json(self._cache.get(self._traits_key()))
+                    if traits is None:
+                        traits = self._learn_traits()
+                        try:
+                            self._cache.put(self._traits_key(), traits.to_json())
+                        except OSError as exc:
+                            log.warning("could not cache the server's traits: %s", exc)
+                    self.traits = self._apply_mode(traits)
+        return self.traits
+
+    def _apply_mode(self, traits: ServerTraits) -> ServerTraits:
+        """The traits under the mode asked for: `user` is always possible; `assistant` only where the
+        server continues turns or its continuation could not be disproved."""
+        asked = {**traits.notes, "prefill_mode": "asked for"}
+        if self.prefill_mode == "user":
+            return replace(traits, prefill_mode="user", notes=asked)
+        if self.prefill_mode == "assistant" and traits.prefill_mode == "user":
+            if traits.notes.get("continuation") != "unverified":
+                from vlmstress.errors import UsageError
+
+                raise UsageError(
+                    f"prefill_mode=assistant: {redact_url(self.base_url)} cannot continue an assistant "
+                    f"turn ({traits.notes.get('prefill_mode')}); use prefill_mode=auto or user"
+                )
+            return replace(traits, prefill_mode="assistant", continue_flags=True, notes=asked)
+        return traits
+
+    def _learn_traits(self) -> ServerTraits:
+        """Three one-token requests: the user turn alone (with logprobs), the user turn and a short
+        assistant turn with vLLM's continuation fields, and the same without them. Prompt token
+        counts tell what the server did with the assistant turn: a continued turn lacks the end of
+        the turn and the next turn's header (several tokens) that a finished one gets."""
+        user = {"role": "user", "content": PROBE_USER}
+        prefill = {"role": "assistant", "content": PROBE_PREFILL}
+        base = {"model": self.model, "max_completion_tokens": 1, "temperature": 0.0}
+        notes: dict[str, str] = {}
+
+        # 1. logprobs: servers return them, ignore them (transformers serve), cap how many (TGI: 5
+        #    unless launched with --max-top-n-tokens) or refuse them (OpenAI's o-series, with 403).
+        asked: dict[str, Any] = {}
+        alone = None
+        for k in dict.fromkeys(k for k in (self.top_logprobs, min(self.top_logprobs, 5)) if k):
+            try:
+                alone = self._request({**base, "messages": [user], "logprobs": True, "top_logprobs": k})
+            except RequestRejected as exc:
+                notes["letter_probs"] = f"it refused logprobs: {exc}"
+                continue
+            asked = {"logprobs": True, "top_logprobs": k}
+            if k != self.top_logprobs:
+                notes["top_logprobs"] = f"{k} (it refused {self.top_logprobs})"
+            break
+        if alone is None:  # refused with logprobs, or not asked: the plain request must pass
+            alone = self._request({**base, "messages": [user]})
+            notes.setdefault("letter_probs", "top_logprobs=0 was asked")
+        letter_probs = bool(asked) and _has_alternatives(alone)
+        k = asked.get("top_logprobs", 0) if letter_probs else 0
+        if asked and not letter_probs:
+            notes["letter_probs"] = "its replies carry no top_logprobs"
+
+        # 2. continuation through vLLM's fields (vLLM, SGLang, recent llama.cpp) ...
+        flags = {"continue_final_message": True, "add_generation_prompt": False}
+        try:
+            continued = self._request({**base, "messages": [user, prefill], **asked, **flags})
+        except RequestRejected as exc:
+            if exc.status >= 500 or exc.status in _RETRYABLE:
+                raise
+            continued, refusal = None, f"it refused continue_final_message: {exc}"
+        finished = self._request({**base, "messages": [user, prefill], **asked})
+        u, a, b = _prompt_tokens(alone), _prompt_tokens(continued), _prompt_tokens(finished)
+        if a is not None and b is not None and a < b:
+            notes["prefill_mode"] = f"continue_final_message honoured ({a} prompt tokens against {b})"
+            return ServerTraits("assistant", letter_probs, True, k, notes)
+        # 3. ... or by itself (TGI, llama.cpp, Ollama): the assistant turn added only its own token(s).
+        if u is not None and b is not None and b - u <= 2:
+            notes["prefill_mode"] = f"it continues a final assistant message by itself ({u} -> {b} tokens)"
+            return ServerTraits("assistant", letter_probs, continued is not None, k, notes)
+        if continued is None:
+            notes["prefill_mode"] = refusal
+        elif a is None or b is None or u is None:
+            notes["continuation"] = "unverified"
+            notes["prefill_mode"] = "it accepted continue_final_message but reports no prompt token counts"
+        else:
+            notes["prefill_mode"] = (
+                f"it accepted continue_final_message but opened a new turn anyway ({a} prompt tokens)"
+            )
+        return ServerTraits("user", letter_probs, False, k, notes)
+
+    def _traits_key(self) -> str:
+        return _request_key(
+            self.base_url, {"model": self.model, "probe": "traits", "top_logprobs": self.top_logprobs}
+        )
 
     # -- one prompt ---------------------------------------------------------------------------------
 
     def _generate_one(self, prompt: Prompt, max_new_tokens: int) -> Generation:
         try:
             image_url = png_data_url(prompt.image) if prompt.image is not None else None
-            if not prompt.prefill:
-                return self._complete(prompt, None, image_url, max_new_tokens)
-            if self.prefill_mode_used is None:
-                with self._probe_lock:  # one probe per model; the others wait for its outcome
-                    if self.prefill_mode_used is None:
-                        return self._probe(prompt, image_url, max_new_tokens)
-            return self._complete(prompt, self.prefill_mode_used, image_url, max_new_tokens)
+            mode = self.prefill_mode_used if prompt.prefill else None
+            data = self._request(self._body(prompt, mode, image_url, max_new_tokens))
+            generation = self._to_generation(data, prompt, mode)
+            # A reply with logprobs but no answer letter among them: score it forced, where the
+            # server can continue the turn (design.md).
+            if generation.letter_probs is None and _has_alternatives(data) and self._can_force(mode):
+                self._force_score(prompt, generation, image_url)
+            return generation
         except (RequestRejected, RequestFailed) as exc:
             return Generation(text="", error=self._scrub(str(exc)))
         except ImageUnreadable as exc:
@@ -340,41 +571,51 @@ class OpenAIChatModel:
         except Exception as exc:  # the contract: one prompt never sinks the batch
             return Generation(text="", error=f"{type(exc).__name__}: {self._scrub(str(exc))}")
 
-    def _probe(self, prompt: Prompt, image_url: str | None, max_new_tokens: int) -> Generation:
-        try:
-            generation = self._complete(prompt, "continue", image_url, max_new_tokens)
-        except RequestRejected as exc:
-            if exc.status not in _REJECTED:
-                raise
-            self._resolve_mode("user")
-            return self._complete(prompt, "user", image_url, max_new_tokens)
-        self._resolve_mode("continue")
-        return generation
+    def _can_force(self, mode: str | None) -> bool:
+        """Forced scoring continues prefill + completion + `<answer>` as the model's own turn."""
+        return self.traits is not None and self.traits.prefill_mode == "assistant" and mode != "user"
 
-    def _complete(
-        self, prompt: Prompt, mode: str | None, image_url: str | None, max_new_tokens: int
-    ) -> Generation:
+    def _body(
+        self,
+        prompt: Prompt,
+        mode: str | None,
+        image_url: str | None,
+        max_new_tokens: int,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": _openai_messages(prompt, mode, image_url),
             "max_completion_tokens": max_new_tokens,
             "temperature": self.temperature,
         }
-        if self.top_logprobs:
-            body |= {"logprobs": True, "top_logprobs": self.top_logprobs}
-        if mode == "continue":
+        k = self.traits.top_logprobs if self.traits is not None else self.top_logprobs
+        if k:
+            body |= {"logprobs": True, "top_logprobs": k}
+        if mode == "assistant" and (self.traits is None or self.traits.continue_flags):
             body |= {"continue_final_message": True, "add_generation_prompt": False}
-        data = self._request(body)
-        return self._to_generation(data, prompt, mode)
+        return body
+
+    def _force_score(self, prompt: Prompt, generation: Generation, image_url: str | None) -> None:
+        """The letter distribution after `<answer>` appended to the completion (design.md's forced
+        score), by one more request of one token; left None where the reply holds no letter."""
+        forced = replace(prompt, prefill=prompt.prefill + generation.text + ANSWER_OPEN)
+        data = self._request(self._body(forced, "assistant", image_url, 1))
+        entries = (data["choices"][0].get("logprobs") or {}).get("content") or []
+        probs = _distribution(entries[0], prompt.option_letters) if entries else None
+        if probs is not None:
+            generation.letter_probs, generation.score_source = probs, "forced"
 
     def _to_generation(self, data: dict[str, Any], prompt: Prompt, mode: str | None) -> Generation:
-        choice = data["choices"][0]
-        text = choice["message"].get("content") or ""
-        entries = (choice.get("logprobs") or {}).get("content") or []
-        probs = letter_probs_from_logprobs(entries, prompt.option_letters, prompt.prefill)
-        if mode == "user" and text.lstrip().startswith(prompt.prefill.strip()):
+        message = data["choices"][0]["message"]
+        content = message.get("content") or ""
+        reasoning, field_name = _reasoning_of(message)
+        entries = (data["choices"][0].get("logprobs") or {}).get("content") or []
+        if mode == "user" and content.lstrip().startswith(prompt.prefill.strip()):
             # Asked to continue, models often restate the answer so far first; the prefill is not theirs.
-            text = text.lstrip()[len(prompt.prefill.strip()) :]
+            content = content.lstrip()[len(prompt.prefill.strip()) :]
+        prefix = prompt.prefill if mode != "user" else ""
+        text = join_reasoning(prefix, content, reasoning)
+        probs = letter_probs_from_logprobs(entries, prompt.option_letters, prefix)
         usage = data.get("usage") or {}
         generation = Generation(
             text=text,
@@ -383,6 +624,7 @@ class OpenAIChatModel:
             n_tokens=int(usage.get("completion_tokens") or len(entries)),
         )
         generation.meta["prefill_mode"] = mode
+        generation.meta["think_source"] = think_source(content, prompt.prefill, field_name)
         return generation
 
     # -- the wire -----------------------------------------------------------------------------------
@@ -392,7 +634,7 @@ class OpenAIChatModel:
         cached = self._cache.get(key)
         if cached is not None and _looks_like_completion(cached):
             return cached
-        data = self._send_with_retries(body)
+        data = self._scrub_all(self._send_with_retries(body))
         try:
             self._cache.put(key, data)
         except OSError as exc:  # a full disk costs the cache, not the answer already paid for
@@ -400,7 +642,10 @@ class OpenAIChatModel:
         return data
 
     def _send_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
-        last = "no attempt"
+        if self._unreachable is not None:
+            raise RequestFailed(f"not sent: {self._unreachable}")
+        last, down = "no attempt", False
+        started = time.monotonic()
         for attempt in range(self.max_retries + 1):
             wait: float | None = None
             try:
@@ -409,17 +654,25 @@ class OpenAIChatModel:
                 status = exc.status_code
                 if status < 500 and status not in _RETRYABLE:
                     raise RequestRejected(status, self._scrub(_status_message(exc))) from None
-                last = f"HTTP {status}"
+                # A server that answers, even with 5xx for this prompt, may answer the next one.
+                last, down = f"HTTP {status}: {self._scrub(_status_message(exc))}", False
                 wait = _retry_after(exc.response.headers)
             except openai.APITimeoutError:
-                last = "timeout"
+                last, down = "timeout", False  # slow is not down: other prompts may be quicker
             except openai.APIConnectionError as exc:
-                last = f"connection error ({exc.__cause__ or exc})"
+                last, down = f"connection error ({exc.__cause__ or exc})", True
             except (openai.APIResponseValidationError, ValueError) as exc:
-                last = f"malformed response ({type(exc).__name__})"
+                last, down = f"malformed response ({type(exc).__name__})", False
             if attempt < self.max_retries:
                 time.sleep(min(wait if wait is not None else self.backoff * 2**attempt, MAX_WAIT))
-        raise RequestFailed(f"{self._scrub(last)} after {self.max_retries + 1} attempts")
+        spent = time.monotonic() - started
+        failure = (
+            f"{self._scrub(last)} after {self.max_retries + 1} attempts in {spent:.0f} s "
+            "(more: VLMSTRESS_OPENAI_RETRIES or --model-opt max_retries=N; then rerun with --retry-failed)"
+        )
+        if down:
+            self._unreachable = f"the server was unreachable: {failure}"
+        raise RequestFailed(failure)
 
     def _send(self, body: dict[str, Any]) -> dict[str, Any]:
         # vLLM's extras are not parameters of the client: they travel in extra_body.
@@ -432,27 +685,40 @@ class OpenAIChatModel:
         return data
 
     def _scrub(self, text: str) -> str:
-        """Error texts end up in records.jsonl; make sure the key never does."""
-        if len(self._secret) < 4 or self._secret == "EMPTY":
-            return text
-        return text.replace(self._secret, "***")
+        """Texts from a server end up in records.jsonl, the cache and reports: no credential may."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
-    # -- the prefill mode, remembered beside the cache so a rerun does not probe again ---------------
+    def _scrub_all(self, data: Any) -> Any:
+        """`data` (a parsed reply) with every string scrubbed: a server may echo a header back."""
+        if isinstance(data, str):
+            return self._scrub(data)
+        if isinstance(data, list):
+            return [self._scrub_all(v) for v in data]
+        if isinstance(data, dict):
+            return {k: self._scrub_all(v) for k, v in data.items()}
+        return data
 
-    def _mode_key(self) -> str:
-        return _request_key(self.base_url, {"model": self.model, "probe": "continue_final_message"})
 
-    def _cache_get_mode(self) -> str | None:
-        data = self._cache.get(self._mode_key())
-        mode = data.get("prefill_mode") if data else None
-        return mode if mode in ("continue", "user") else None
+def _secrets_of(key: str, base_url: str) -> list[str]:
+    """What of a key and a URL's user info must never be written: the key, and the password, the
+    `user:password` pair and its Basic-auth form (httpx sends URL credentials as that header)."""
+    secrets = [] if len(key) < 4 or key == "EMPTY" else [key]
+    parts = urlsplit(base_url)
+    if parts.password:
+        pair = f"{parts.username or ''}:{parts.password}"
+        secrets += [base64.b64encode(pair.encode()).decode("ascii"), pair]
+        if len(parts.password) >= 4:
+            secrets.append(parts.password)
+    return secrets
 
-    def _resolve_mode(self, mode: str) -> None:
-        self.prefill_mode_used = mode
-        try:
-            self._cache.put(self._mode_key(), {"prefill_mode": mode})
-        except OSError as exc:
-            log.warning("could not cache the prefill mode: %s", exc)
+
+def _prompt_tokens(data: Mapping[str, Any] | None) -> int | None:
+    if data is None:
+        return None
+    value = (data.get("usage") or {}).get("prompt_tokens")
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _request_key(base_url: str, body: Mapping[str, Any]) -> str:
@@ -469,11 +735,29 @@ def _looks_like_completion(data: Any) -> bool:
 
 
 def _status_message(exc: openai.APIStatusError) -> str:
-    """The server's own message, short: the client hands over the inner `error` object or the body."""
+    """The server's own reason, short: OpenAI / vLLM / llama.cpp put it in `error.message` (the client
+    hands over that inner object or the whole body), TGI in `error`, FastAPI servers (transformers
+    serve) in `detail`, a string or a list of {loc, msg}."""
     body = exc.body
+    if isinstance(body, list) and body:  # Gemini's OpenAI endpoint: [{"error": {...}}]
+        body = body[0]
+    if isinstance(body, str) and body.strip():  # TGI's {"error": "..."}, unwrapped by the client
+        return body[:300]
     if isinstance(body, dict):
         inner = body.get("error")
-        message = inner.get("message") if isinstance(inner, dict) else body.get("message")
+        message = (
+            inner.get("message") if isinstance(inner, dict) else inner if isinstance(inner, str) else None
+        )
+        message = message or body.get("message") or _detail_text(body.get("detail"))
         if message:
             return str(message)[:300]
     return str(exc.message)[:300]
+
+
+def _detail_text(detail: Any) -> str | None:
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        texts = [str(d.get("msg")) if isinstance(d, dict) and d.get("msg") else str(d) for d in detail]
+        return "; ".join(texts) or None
+    return None

@@ -71,6 +71,13 @@ def run_row(run: Run) -> dict[str, Any]:
         "kappa": NULL if kappa is None else f"{kappa:.3f}",
         "path": str(run.path),
         "dirname": run.path.name,
+        # What makes this run's numbers differ from what they claim (metrics.json `warnings`).
+        "warnings": [str(w) for w in metrics.get("warnings") or []],
+        "user_mode": [
+            v
+            for v, m in (metrics.get("variants") or {}).items()
+            if m.get("prefill_mode") in ("user", "mixed")
+        ],
     }
 
 

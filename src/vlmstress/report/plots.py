@@ -122,7 +122,8 @@ def quadrant_figure(runs: Sequence[Run], variants: list[str]) -> Figure | None:
             bottom = [0.0] * len(variants)
             for q in QUADRANTS:
                 heights = [
-                    100 * ((run.variant_metrics(v) or {}).get("quadrants") or {}).get(q, 0.0) or 0.0
+                    # a null share (nothing judged) draws no bar, rather than failing
+                    100 * (((run.variant_metrics(v) or {}).get("quadrants") or {}).get(q) or 0.0)
                     for v in variants
                 ]
                 ax.bar(
