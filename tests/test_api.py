@@ -56,11 +56,6 @@ def test_evaluate_in_memory_returns_records_and_metrics_and_writes_nothing(tmp_p
     assert config["model"] == "tiny" and config["model_options"] == {} and config["versions"]["torch"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs metrics.py to make CAA and the quadrant shares null when no record has a "
-    "consistent/inconsistent verdict (another branch's change); remove this marker once it lands",
-)
 def test_without_judges_consistency_adjusted_accuracy_is_null(tiny):
     result = vlmstress.evaluate(tiny, synth.generate(3), variants=["base"], judges=[])
     assert all(r["judge"] is None for r in result.records)
