@@ -20,7 +20,8 @@ from vlmstress.data import synth
 from vlmstress.judge.rule import RuleJudge
 from vlmstress.models.registry import load_model
 from vlmstress.perturb import perturb
-from vlmstress.runner import RunSpec, read_records, run_eval
+from vlmstress.runlog import read_records
+from vlmstress.runner import RunSpec, run_eval
 
 
 def naive(model, prompts, max_new_tokens: int) -> tuple[list[str], float]:

@@ -15,7 +15,7 @@ from vlmstress.cli import main
 from vlmstress.data import synth
 from vlmstress.errors import UsageError
 from vlmstress.judge.rule import RuleJudge
-from vlmstress.runner import RECORDS, read_records
+from vlmstress.runlog import RECORDS, read_records
 
 DOCS = Path(__file__).parent.parent / "docs" / "api.md"
 TWO = ["base", "wrong_think"]

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from vlmstress.cli import main
-from vlmstress.runner import read_records
+from vlmstress.runlog import read_records
 
 OPTIONS = ["left", "right", "above", "below"]
 VARIANTS = ["base", "wrong_think"]

@@ -106,7 +106,7 @@ def test_eval_says_when_calls_failed_and_retries_them_when_asked(tmp_path, capsy
     """Responses made elsewhere, one missing (a failed call to the replay 'model'): the summary says
     so; once the response is there, `--retry-failed` fetches it and only it."""
     from vlmstress.data import synth
-    from vlmstress.runner import read_records
+    from vlmstress.runlog import read_records
 
     rows = [
         {"sample_id": s.sample_id, "variant": "base", "response": f"<answer>{s.target}</answer>"}

@@ -132,10 +132,10 @@ def test_sliced_weights_are_evaluated_from_a_saved_whole_copy(policy_dir, full_r
     the main one evaluates that copy, and the final policy is saved from the gathered weights. Faked
     here in one process (weights_sharded says yes): the rows and the final weights must equal those
     of the run that evaluated the live policy, and no copy is left behind."""
-    from vlmstress.train import grpo
+    from vlmstress.train import grpo, sharding
 
     asked = []
-    monkeypatch.setattr(grpo, "weights_sharded", lambda accelerator: asked.append(accelerator) or True)
+    monkeypatch.setattr(sharding, "weights_sharded", lambda accelerator: asked.append(accelerator) or True)
     saved = []
     real_save = grpo.save_policy
     monkeypatch.setattr(grpo, "save_policy", lambda *a, **k: saved.append(k) or real_save(*a, **k))

@@ -21,7 +21,7 @@ import pytest
 
 from vlmstress.cli import main
 from vlmstress.models.tiny import ASSET_DIR
-from vlmstress.runner import RECORDS, read_records
+from vlmstress.runlog import RECORDS, read_records
 
 pytest.importorskip("fastapi", reason="needs transformers[serving]: pip install -e '.[serve]'")
 pytest.importorskip("uvicorn", reason="needs transformers[serving]: pip install -e '.[serve]'")

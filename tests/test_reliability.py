@@ -24,7 +24,8 @@ from fake_openai_server import ChatRequest, FakeOpenAIServer, Reply, completion,
 from vlmstress.cli import main
 from vlmstress.data import synth
 from vlmstress.models.base import Generation
-from vlmstress.runner import COMMIT, RECORDS, RunSpec, read_records, run_eval, run_lock
+from vlmstress.runlog import COMMIT, RECORDS, read_records, run_lock
+from vlmstress.runner import RunSpec, run_eval
 
 # 24 samples x 3 variants in batches of 2: 36 batches, enough that five killed processes (each
 # killed within a few batches of its first write) leave work for the final run.
@@ -204,7 +205,7 @@ def test_a_damaged_log_is_one_line_exit_1_and_left_as_it_is(tiny_ckpt, tmp_path,
 
 HOLD = """
 import sys, time
-from vlmstress.runner import run_lock
+from vlmstress.runlog import run_lock
 with run_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)

@@ -29,7 +29,8 @@ from vlmstress.perturb import perturb
 from vlmstress.report import build_report
 from vlmstress.report.runs import load_runs, short_model
 from vlmstress.report.stats import dynamics_series, mcnemar, reliability, roc
-from vlmstress.runner import RunSpec, read_records, run_eval
+from vlmstress.runlog import read_records
+from vlmstress.runner import RunSpec, run_eval
 
 VARIANTS = ["base", "wrong_think", "wrong_think_hedge", "wrong_caption", "correct_think", "abstain"]
 N = 12

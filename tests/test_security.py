@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from fake_openai_server import ChatRequest, FakeOpenAIServer, error_reply
 
-from vlmstress import runner
+from vlmstress import runlog
 from vlmstress.data import synth
 from vlmstress.models.base import Generation
-from vlmstress.runner import RunSpec, run_eval, write_atomic
+from vlmstress.runlog import write_atomic
+from vlmstress.runner import RunSpec, run_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("src", "tests", "benchmarks")
@@ -236,7 +237,7 @@ def test_run_files_are_written_by_rename_never_in_place(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(Path, "open", spy_open)
-    monkeypatch.setattr(runner.os, "replace", spy_replace)
+    monkeypatch.setattr(runlog.os, "replace", spy_replace)
     out = tmp_path / "run"
     run_eval(
         OneLetter(), synth.generate(3), RunSpec(model="m", data="d", variants=["base"]), out, progress=False
@@ -254,7 +255,7 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_debris(tmp_path, m
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runner.os, "fsync", disk_full)
+    monkeypatch.setattr(runlog.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space"):
         write_atomic(target, '{"new": true, "padding": "' + "x" * 100_000 + '"}')
     assert json.loads(target.read_text()) == {"old": True}

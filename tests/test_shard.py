@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from vlmstress import shard
+from vlmstress import runlog, runner, shard
 from vlmstress.cli import main
 from vlmstress.data import synth
 from vlmstress.errors import UsageError
 from vlmstress.models.base import Generation
-from vlmstress.runner import RECORDS, RunSpec, _Log, make_record, plan, run_eval, run_lock
+from vlmstress.runlog import RECORDS, Log, run_lock
+from vlmstress.runner import RunSpec, make_record, plan, run_eval
 
 # -- pure functions -------------------------------------------------------------------------------
 
@@ -30,18 +31,18 @@ from vlmstress.runner import RECORDS, RunSpec, _Log, make_record, plan, run_eval
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
 def test_assign_gives_every_batch_to_exactly_one_rank(world):
     for n in range(0, 15):
-        shares = [shard.assign(n, r, world) for r in range(world)]
+        shares = [runner.assign(n, r, world) for r in range(world)]
         flat = sorted(j for s in shares for j in s)
         assert flat == list(range(n)), (n, world)
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
         assert all(j % world == r for r, s in enumerate(shares) for j in s)
     with pytest.raises(ValueError):
-        shard.assign(4, world, world)
+        runner.assign(4, world, world)
 
 
 def test_batches_cut_as_the_runner_cuts():
-    assert shard.batches(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert shard.batches([], 3) == []
+    assert runner.batches(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert runner.batches([], 3) == []
 
 
 def rec(sample_id, variant="base", **extra):
@@ -54,30 +55,30 @@ def test_merge_records_dedups_and_restores_one_process_order():
         [rec("b", "wt", n=0), rec("a", "base", n=0), rec("x", "base", n=0)],  # x: not in this plan
         [rec("c", "base", n=1), rec("b", "base", n=1), rec("a", "base", n=1), rec("w", "base", n=1)],
     ]
-    merged = shard.merge_records({("b", "base")}, shards, order)
+    merged = runner.merge_records({("b", "base")}, shards, order)
     keys = [(r["sample_id"], r["variant"]) for r in merged]
     # b/base is in the log already; a/base twice: the first shard's copy; x and w last, shard order
     assert keys == [("a", "base"), ("c", "base"), ("b", "wt"), ("x", "base"), ("w", "base")]
     assert merged[0]["n"] == 0
-    assert shard.merge_records(set(), [], order) == []
+    assert runner.merge_records(set(), [], order) == []
 
 
 def test_shard_names_and_files(tmp_path):
-    assert shard.parse_shard_name("records.rank1-of2.jsonl") == (1, 2)
+    assert runlog.parse_shard_name("records.rank1-of2.jsonl") == (1, 2)
     for other in (
         "records.rank2-of2.jsonl",
         ".records.rank0-of2.commit",
         "records.jsonl",
         "x.rank0-of1.jsonl",
     ):
-        assert shard.parse_shard_name(other) is None, other
-    assert shard.shard_files(tmp_path) == []
+        assert runlog.parse_shard_name(other) is None, other
+    assert runlog.shard_files(tmp_path) == []
     names = ["records.rank10-of12.jsonl", "records.rank2-of12.jsonl", "records.rank0-of4.jsonl"]
     for name in [*names, ".records.rank0-of4.commit", ".lock.rank0-of4", "notes.txt"]:
         (tmp_path / "shards").mkdir(exist_ok=True)
         (tmp_path / "shards" / name).write_text("")
-    assert [p.name for p in shard.shard_files(tmp_path)] == [names[2], names[1], names[0]]
-    assert shard.shard_path(tmp_path, 3, 4) == tmp_path / "shards" / "records.rank3-of4.jsonl"
+    assert [p.name for p in runlog.shard_files(tmp_path)] == [names[2], names[1], names[0]]
+    assert runlog.shard_path(tmp_path, 3, 4) == tmp_path / "shards" / "records.rank3-of4.jsonl"
 
 
 def test_world_size_from_env():
@@ -143,9 +144,9 @@ def run_threads(model, samples, spec, out, world, **options):
         try:
             if rank == 0:
                 with run_lock(out):
-                    results[rank] = shard.run_rank(model, samples, spec, out, **kwargs)
+                    results[rank] = runner.run_rank(model, samples, spec, out, **kwargs)
             else:
-                results[rank] = shard.run_rank(model, samples, spec, out, **kwargs)
+                results[rank] = runner.run_rank(model, samples, spec, out, **kwargs)
         except BaseException as exc:  # surfaced below; the barrier lets the others go
             errors.append(exc)
             barrier.abort()
@@ -179,15 +180,15 @@ def killed_run(out, samples, spec, world, finished, torn_rank=None):
     batches (of the one-process plan); `torn_rank` was killed mid-append (one whole line of its
     next batch and half another written, not committed). Returns the committed keys."""
     todo, errors = plan(samples, spec.variants, spec.seed, spec.template, set())
-    chunks = shard.batches(todo, spec.batch_size)
+    chunks = runner.batches(todo, spec.batch_size)
     model, committed = BatchSensitive(), set()
     out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps({**spec.__dict__, "n_samples": len(samples)}))
     for rank in range(world):
-        mine = [chunks[j] for j in shard.assign(len(chunks), rank, world)]
-        path = shard.shard_path(out, rank, world)
+        mine = [chunks[j] for j in runner.assign(len(chunks), rank, world)]
+        path = runlog.shard_path(out, rank, world)
         path.parent.mkdir(exist_ok=True)
-        with _Log(path) as log:
+        with Log(path) as log:
             if rank == 0:
                 log.append(errors)
                 committed |= {(r["sample_id"], r["variant"]) for r in errors}
@@ -214,7 +215,7 @@ def test_a_run_killed_under_4_processes_resumes_under_1_or_2(
     spec, out = spec_for(samples), tmp_path / "run"
     committed = killed_run(out, samples, spec, 4, finished, torn_rank=torn_rank)
     model = BatchSensitive()
-    if resume_world == 1:  # the plain single-process runner hands over to shard.run_rank
+    if resume_world == 1:  # the plain single-process runner hands over to run_rank
         metrics = run_eval(model, samples, spec, out, progress=False)
     else:
         metrics = run_threads(model, samples, spec, out, resume_world)
@@ -243,10 +244,10 @@ def test_a_crash_between_merging_and_deleting_the_shards_duplicates_nothing(
         raise Crash
 
     with monkeypatch.context() as m:
-        m.setattr(shard, "commit_path", crash)  # merge_shards dies deleting its first shard
+        m.setattr(runner, "commit_path", crash)  # merge_shards dies deleting its first shard
         with pytest.raises(Crash):
             run_threads(BatchSensitive(), samples, spec, out, 2)
-    assert len(shard.shard_files(out)) == 2 and (out / RECORDS).exists()
+    assert len(runlog.shard_files(out)) == 2 and (out / RECORDS).exists()
     model = BatchSensitive()
     assert run_eval(model, samples, spec, out, progress=False) == ref_metrics
     assert model.calls == []
@@ -278,10 +279,10 @@ def test_failed_calls_in_the_log_and_in_shards_are_retried_once_when_asked(tmp_p
     flaky = {(samples[0].sample_id, "base"), (samples[7].sample_id, "wrong_caption")}
     model = Flaky(flaky)
     with monkeypatch.context() as m:  # merge_shards dies deleting its first shard: records are in both
-        m.setattr(shard, "commit_path", lambda path: (_ for _ in ()).throw(Crash()))
+        m.setattr(runner, "commit_path", lambda path: (_ for _ in ()).throw(Crash()))
         with pytest.raises(Crash):
             run_threads(model, samples, spec, out, 2)
-    assert shard.shard_files(out) and (out / RECORDS).exists()
+    assert runlog.shard_files(out) and (out / RECORDS).exists()
     assert len(model.calls) == 24  # 9 samples x 3 variants, less the broken sample's 3
     run_threads(model, samples, spec, out, 2, retry_failed=True)
     assert sorted(model.calls[24:]) == sorted(flaky)
@@ -298,7 +299,7 @@ def test_shards_count_as_the_log_of_a_run(tmp_path, samples):
     killed_run(out, samples, spec, 2, [1, 1])
     with pytest.raises(UsageError, match="different seed"):
         run_eval(BatchSensitive(), samples, replace(spec, seed=5), out, progress=False)
-    with shard.rank_lock(out, 1, 2):
+    with runlog.rank_lock(out, 1, 2):
         before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
         with pytest.raises(UsageError, match="another vlmstress process"):
             run_eval(BatchSensitive(), samples, spec, out, progress=False)
@@ -378,12 +379,12 @@ def test_two_processes_under_torchrun_give_the_run_of_one(one_process, tmp_path)
 def committed_keys(out: Path) -> dict[str, set]:
     """Per shard file, the (sample, variant) keys up to its last commit (read independently of
     the runner: the commit file's byte count, cut at that length)."""
-    from vlmstress.runner import commit_path
+    from vlmstress.runlog import commit_path
 
     found = {}
-    for path in shard.shard_files(out):
+    for path in runlog.shard_files(out):
         size = json.loads(commit_path(path).read_text())["bytes"]
-        found[path.name] = {shard.record_key(json.loads(x)) for x in path.read_bytes()[:size].splitlines()}
+        found[path.name] = {runner.record_key(json.loads(x)) for x in path.read_bytes()[:size].splitlines()}
     return found
 
 
@@ -402,7 +403,7 @@ def test_two_processes_killed_midway_finish_under_one(one_process, tmp_path, mon
     from vlmstress.models.hf import HFModel
 
     out, shards = tmp_path / "run", tmp_path / "run" / "shards"
-    rank_files = [shard.shard_path(out, r, 2) for r in (0, 1)]
+    rank_files = [runlog.shard_path(out, r, 2) for r in (0, 1)]
 
     def n_lines(path):
         return path.read_bytes().count(b"\n") if path.exists() else 0
@@ -462,7 +463,7 @@ def test_two_processes_killed_midway_finish_under_one(one_process, tmp_path, mon
 
     monkeypatch.setattr(HFModel, "generate", counting)
     assert main([*EVAL, "--out", str(out)]) == 0  # one process finishes the run
-    everything = {shard.record_key(r) for r in lines_of(one_process / RECORDS)}
+    everything = {runner.record_key(r) for r in lines_of(one_process / RECORDS)}
     assert len(calls) == len(set(calls)), "a prompt was generated twice"
     assert not set(calls) & done, "finished work was repeated"
     assert set(calls) | done == everything, "work was lost"

@@ -20,7 +20,8 @@ from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
 from vlmstress.judge.base import Judge
 from vlmstress.models.base import VLM
-from vlmstress.runner import RunSpec, check_same_run, run_eval, run_in_memory, run_lock, run_records
+from vlmstress.runlog import run_lock
+from vlmstress.runner import RunSpec, check_same_run, run_eval, run_in_memory, run_records
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,8 @@ def _slug(text: str) -> str:
 
 def _print_summary(out: Path, metrics: dict) -> None:
     # The Markdown table as is: wide tables wrap badly in a rendered terminal table.
-    from vlmstress.runner import RECORDS, failed_call, read_records
+    from vlmstress.runlog import RECORDS, read_records
+    from vlmstress.runner import failed_call
 
     print((out / "summary.md").read_text())
     print(f"records, metrics and summary in {out}")

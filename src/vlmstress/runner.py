@@ -9,20 +9,21 @@ uninterrupted run would (batch composition changes padding, and padding changes 
 A lock file keeps a second live process from interleaving records into the same directory, and a
 rerun whose model, model options, data, seed, template, token budget or judges differ from the log's
 is refused. The same engine also runs over an in-memory log (`run_in_memory`) for the Python API.
-See docs/reliability.md. Several processes share one run through shard.py (docs/scaling.md).
+The log discipline itself (append, commit, lock, read) is runlog.py. Several processes share one
+run through `run_rank` below, which shard.py launches under torchrun / accelerate (docs/scaling.md).
+See docs/reliability.md.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
@@ -31,17 +32,27 @@ from vlmstress.metrics import compute_metrics, letter_entropy, p_correct, summar
 from vlmstress.models.base import VLM, Generation
 from vlmstress.parse import grade_open, parse, think_source
 from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb
+from vlmstress.runlog import (
+    RECORDS,
+    SHARDS,
+    Log,
+    commit_path,
+    fsync_dir,
+    rank_lock,
+    read_records,
+    remove_stale_temps,
+    run_lock,
+    shard_files,
+    shard_path,
+    write_atomic,
+)
 
-RECORDS = "records.jsonl"
-COMMIT = ".records.commit"
 # How the error records of what never reached the model begin (the rest are failed model calls).
 SAMPLE_ERROR = "sample: "
 NOT_APPLICABLE = "not applicable: "
 # What the records of a run depend on: a rerun that changes one of these must not resume the log.
 # (variants and limit may grow on a rerun; batch_size is left free though it moves floats slightly.)
 IDENTITY = ("model", "model_options", "data", "seed", "template", "max_new_tokens", "judges")
-# The files the runner writes with write_atomic.
-RUN_FILES = ("config.json", "metrics.json", "summary.md", COMMIT)
 
 
 @dataclass
@@ -80,104 +91,6 @@ def library_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write then rename, so a reader (or a crash) never sees half a file: it sees the old file or
-    the new one. The directory is fsynced too, so the rename itself survives a power cut."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def flock_or_refuse(f, message: str) -> None:
-    """Take an exclusive flock on open file `f` at once, or refuse with a UsageError (one line)."""
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise UsageError(message) from None
-
-
-@contextmanager
-def run_lock(out: Path) -> Iterator[None]:
-    """Hold `out` for this process (flock, so the kernel releases it when the holder dies, however it
-    dies). A UsageError when another process holds it, or still writes a shard there (a rank of a
-    sharded run that outlived its rank 0, shard.py); nesting in one process is refused the same way."""
-    from vlmstress.shard import check_no_live_shard_writers  # here: shard.py builds on this module
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / ".lock").open("w") as f:
-        flock_or_refuse(f, f"another vlmstress process is writing to {out}; wait for it or use another --out")
-        try:
-            check_no_live_shard_writers(out)
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def read_records(path: Path, *, repair: bool = False) -> list[dict]:
-    """The records of a run log; a torn last line (a crash mid-write) is dropped.
-
-    With `repair` (the resuming runner, under the lock) the file is also cut back to the length last
-    committed to `.records.commit`, or, without a usable commit, to its last whole line, so that
-    appends continue from a clean batch boundary.
-    """
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    good_end = data.rfind(b"\n") + 1
-    if repair:
-        good_end = min(good_end, _committed_length(path, data))
-    records = []
-    for number, line in enumerate(data[:good_end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError as e:  # not a torn write (that is only ever the last line): damage
-            raise ValueError(f"{path} line {number} is not JSON ({e})") from None
-    if repair and good_end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-            os.fsync(f.fileno())
-    return records
-
-
-def commit_path(log: Path) -> Path:
-    """The commit file of a log: `.records.commit` beside records.jsonl (COMMIT), and likewise
-    `.records.rank0-of2.commit` beside a shard of a sharded run (shard.py)."""
-    return log.with_name(f".{log.stem}.commit")
-
-
-def _committed_length(log: Path, data: bytes) -> int:
-    """The log length of the last committed batch; len(data) when there is no usable commit (a log
-    written before commits existed, or by hand), so only the torn-line rule applies."""
-    try:
-        commit = json.loads(commit_path(log).read_text())
-        size, lines = int(commit["bytes"]), int(commit["lines"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return len(data)
-    # A commit that does not describe a prefix of this log (the log was replaced) is ignored.
-    if size > len(data) or (size and data[size - 1 : size] != b"\n") or data[:size].count(b"\n") != lines:
-        return len(data)
-    return size
 
 
 def error_record(sample: Sample, variant: str, error: str, prompt: Prompt | None = None) -> dict:
@@ -327,10 +240,8 @@ def run_eval(
     out = Path(out)
     with nullcontext() if locked else run_lock(out):
         check_same_run(out, spec)
-        from vlmstress import shard  # imported here: shard.py builds on this module
-
-        if shard.shard_files(out):  # left by a sharded run: resume it here, then merge its shards
-            return shard.run_rank(
+        if shard_files(out):  # left by a sharded run: resume it here, then merge its shards
+            return run_rank(
                 model,
                 samples,
                 spec,
@@ -348,17 +259,10 @@ def run_eval(
         done = {(r["sample_id"], r["variant"]) for r in records}
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
         write_atomic(out / "config.json", config_text(spec, samples))
-        with _Log(path) as log:
+        with Log(path) as log:
             log.append(errors)
             _generate_all(model, todo, spec, judges, log, progress, on_batch)
         return finish_run(samples, spec, out)
-
-
-def remove_stale_temps(out: Path) -> None:
-    """Temp files of a process killed inside write_atomic."""
-    for name in RUN_FILES:
-        for stale in out.glob(f".{name}.tmp[0-9]*"):
-            stale.unlink(missing_ok=True)
 
 
 def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
@@ -422,39 +326,7 @@ def check_same_run(out: Path, spec: RunSpec) -> None:
 
 def _has_records(out: Path) -> bool:
     """Whether `out` holds records: in records.jsonl, or in the shards of a sharded run."""
-    from vlmstress.shard import shard_files
-
     return any(p.exists() and p.stat().st_size for p in (out / RECORDS, *shard_files(out)))
-
-
-class _Log:
-    """records.jsonl (or a shard) opened for appending. Each `append` is one batch: written, fsynced,
-    and then committed to its commit file, so a resume can cut off a batch only partly written."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines = path.read_bytes().count(b"\n") if path.exists() else 0
-
-    def __enter__(self) -> _Log:
-        self.file = self.path.open("a", encoding="utf-8")
-        self._commit()  # a log that predates commits gets one before anything is appended
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
-
-    def append(self, records: list[dict]) -> None:
-        if not records:
-            return
-        self.file.write("".join(json.dumps(r) + "\n" for r in records))
-        self.lines += len(records)
-        self._commit()
-
-    def _commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        size = os.fstat(self.file.fileno()).st_size
-        write_atomic(commit_path(self.path), json.dumps({"bytes": size, "lines": self.lines}))
 
 
 def preflight(model: VLM, todo: Sequence[tuple[Sample, Prompt]]) -> None:
@@ -477,7 +349,7 @@ class _MemoryLog:
         self.records.extend(records)
 
 
-def _generate_all(model, todo, spec, judges, log: _Log | _MemoryLog, progress, on_batch) -> None:
+def _generate_all(model, todo, spec, judges, log: Log | _MemoryLog, progress, on_batch) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     preflight(model, todo)
@@ -530,3 +402,137 @@ def official_scores(data: str, samples: Sequence[Sample], records: list[dict]) -
         if r.get("error") is None and r["sample_id"] in meta:
             by_variant.setdefault(r["variant"], []).append((meta[r["sample_id"]], bool(r["correct"])))
     return {variant: aggregate(data, pairs) for variant, pairs in by_variant.items()}
+
+
+# -- several processes: the engine of a sharded run (shard.py launches it) ----------------
+
+Key = tuple[str, str]
+
+
+def batches(items: Sequence[Any], batch_size: int) -> list[Sequence[Any]]:
+    """`items` cut into consecutive batches, as runner._generate_all cuts them."""
+    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
+def assign(n_batches: int, rank: int, world: int) -> list[int]:
+    """The batches rank `rank` of `world` runs: j with j % world == rank (round robin, so every rank
+    gets an equal share of each variant's prompts, whatever their cost)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+    return list(range(rank, n_batches, world))
+
+
+def record_key(record: dict) -> Key:
+    return record["sample_id"], record["variant"]
+
+
+def merge_records(
+    existing: Iterable[Key], shards: Iterable[Iterable[dict]], order: Sequence[Key]
+) -> list[dict]:
+    """The shard records to append to a log that holds the keys `existing`.
+
+    Each (sample, variant) once: one already in the log is left out, and of several shard copies
+    (a rerun after a crash between merging and deleting the shards) the first is kept. Sorted by
+    `order` (the keys in the order one process would have written them); keys not in `order` (a wider
+    earlier run's) come last, in shard order.
+    """
+    seen = set(existing)
+    new = []
+    for records in shards:
+        for r in records:
+            key = record_key(r)
+            if key not in seen:
+                seen.add(key)
+                new.append(r)
+    position = {key: i for i, key in enumerate(order)}
+    return sorted(new, key=lambda r: position.get(record_key(r), len(position)))
+
+
+def done_keys(out: Path) -> set[Key]:
+    """The (sample, variant) pairs finished in records.jsonl or in any shard."""
+    done = {record_key(r) for r in read_records(out / RECORDS)}
+    for path in shard_files(out):
+        done.update(record_key(r) for r in read_records(path))
+    return done
+
+
+def prepare(out: Path, *, retry_failed: bool = False) -> None:
+    """Rank 0, holding the run lock (which saw no live shard writer), before any rank reads: remove
+    temp-file debris and cut records.jsonl and every shard back to their last commit (so all ranks
+    read whole batches); with `retry_failed`, take the failed model calls out of them all."""
+    remove_stale_temps(out)
+    for stale in (out / SHARDS).glob(".*.tmp[0-9]*") if (out / SHARDS).is_dir() else ():
+        stale.unlink(missing_ok=True)
+    for path in (out / RECORDS, *shard_files(out)):
+        records = read_records(path, repair=True)
+        if retry_failed:
+            drop_failed(path, records)
+
+
+def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
+    """Rank 0, every rank finished: append the shards' records to records.jsonl, then delete the
+    shards. Returns the number of records appended.
+
+    A crash before the append is committed leaves the shards (the next run cuts records.jsonl back
+    and merges again); a crash after it leaves shards whose records are all in the log already.
+    """
+    path = out / RECORDS
+    existing = {record_key(r) for r in read_records(path)}
+    # The order one process resuming this log would write in: its errors first, then its prompts.
+    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, existing)
+    order = [record_key(r) for r in errors] + [(s.sample_id, p.variant) for s, p in todo]
+    files = shard_files(out)
+    new = merge_records(existing, (read_records(f) for f in files), order)
+    with Log(path) as log:
+        log.append(new)
+    folder = out / SHARDS
+    for f in files:
+        commit_path(f).unlink(missing_ok=True)
+        f.unlink()
+    for f in folder.glob(".lock.rank*"):
+        f.unlink(missing_ok=True)
+    with suppress(OSError):  # something else was put there: leave it
+        folder.rmdir()
+    fsync_dir(out)
+    return len(new)
+
+
+def run_rank(
+    model: Any,
+    samples: Sequence[Sample],
+    spec: RunSpec,
+    out: str | Path,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    sync: Callable[[], None] = lambda: None,
+    judges: Sequence = (),
+    progress: bool = True,
+    on_batch: Callable[[int, float], None] | None = None,
+    retry_failed: bool = False,
+) -> dict | None:
+    """Rank `rank` of a `world`-process run; `sync` is a barrier over all ranks. Rank 0 must hold
+    `run_lock(out)` (and have checked the run's identity); it returns the metrics, the others None.
+    `retry_failed`: as run_eval's (rank 0 acts on it for all)."""
+    out = Path(out)
+    if rank == 0:
+        prepare(out, retry_failed=retry_failed)
+        write_atomic(out / "config.json", config_text(spec, samples))
+    sync()  # the logs are whole batches now
+    with rank_lock(out, rank, world):
+        done = done_keys(out)
+        sync()  # every rank has read what is done before any rank writes more
+        todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
+        chunks = batches(todo, spec.batch_size)
+        # Whole batches of the one-process plan, flattened: _generate_all cuts them back the same way
+        # (every batch but the plan's last is full, and the last can only be a rank's last).
+        mine = [item for j in assign(len(chunks), rank, world) for item in chunks[j]]
+        with Log(shard_path(out, rank, world)) as log:
+            if rank == 0:
+                log.append(errors)
+            _generate_all(model, mine, spec, judges, log, progress, on_batch)
+        sync()  # every shard is complete
+    if rank != 0:
+        return None
+    merge_shards(out, samples, spec)
+    return finish_run(samples, spec, out)

@@ -203,7 +203,7 @@ def check_study(out: Path, identity: dict) -> None:
                 "(or delete the folder to start over)"
             )
         return
-    from vlmstress.runner import write_atomic
+    from vlmstress.runlog import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(identity, indent=2))
@@ -223,7 +223,7 @@ def _flat(settings: Mapping[str, Any]) -> dict[str, Any]:
 def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> StudyResult:
     """Train (unless `settings.train` is False) and evaluate every arm; write study.md and the report."""
     from vlmstress.perturb import resolve_variants
-    from vlmstress.runner import run_lock
+    from vlmstress.runlog import run_lock
 
     out = Path(settings.out)
     kind = model_kind(settings.model)
@@ -248,7 +248,7 @@ def _run(
 
     from vlmstress.data import synth
     from vlmstress.report import build_report
-    from vlmstress.runner import write_atomic
+    from vlmstress.runlog import write_atomic
 
     if base.torch_threads:  # evaluation runs in this process too, before any trainer sets it
         torch.set_num_threads(base.torch_threads)
@@ -287,7 +287,7 @@ def _run(
 
 
 def _train(cfg: GRPORunConfig, seed: int, run: Path, log: Callable[[str], None]) -> None:
-    from vlmstress.runner import write_atomic
+    from vlmstress.runlog import write_atomic
     from vlmstress.train.grpo import train_grpo
 
     train_grpo(cfg, seed=seed, out=run, log=log)

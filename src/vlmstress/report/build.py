@@ -21,7 +21,7 @@ from vlmstress.report.html import render_html
 from vlmstress.report.palette import QUADRANT_COLOURS, QUADRANT_LABELS, QUADRANTS, variant_colours
 from vlmstress.report.runs import Run, load_runs
 from vlmstress.report.tables import NULL, all_variants, build_tables
-from vlmstress.runner import write_atomic
+from vlmstress.runlog import write_atomic
 
 
 @dataclass(frozen=True)

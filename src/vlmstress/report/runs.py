@@ -16,7 +16,7 @@ from typing import Any
 
 from vlmstress.errors import UsageError
 from vlmstress.report.palette import order_variants
-from vlmstress.runner import RECORDS, read_records
+from vlmstress.runlog import RECORDS, read_records
 
 DYNAMICS = "dynamics.jsonl"
 

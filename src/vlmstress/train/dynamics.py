@@ -41,6 +41,7 @@ from transformers import TrainerCallback
 
 from vlmstress.data.schema import Sample
 from vlmstress.perturb import TEMPLATES, NotApplicable, perturb
+from vlmstress.train import sharding
 
 DYNAMICS_FILE = "dynamics.jsonl"
 FIELDS = (
@@ -148,10 +149,8 @@ class DynamicsCallback(TrainerCallback):
 
     def _evaluate_on_main(self, state, model: Any, step: int) -> None:
         """The main process evaluates `model`, or under ZeRO-3 / FSDP a saved whole copy of it."""
-        from vlmstress.train.grpo import weights_sharded
-
         trainer = self.trainer
-        if trainer is None or not weights_sharded(trainer.accelerator):
+        if trainer is None or not sharding.weights_sharded(trainer.accelerator):
             if state.is_world_process_zero:
                 self.evaluate(model, step)
         else:
@@ -179,7 +178,8 @@ class DynamicsCallback(TrainerCallback):
     def evaluate(self, model: Any, step: int) -> list[dict]:
         """Evaluate `model` now, append its rows to dynamics.jsonl and TensorBoard; returns the rows."""
         from vlmstress.models.hf import HFModel
-        from vlmstress.runner import RECORDS, RunSpec, read_records, run_eval
+        from vlmstress.runlog import RECORDS, read_records
+        from vlmstress.runner import RunSpec, run_eval
 
         t0 = time.perf_counter()
         run_dir = self.out / "dynamics" / f"step-{step:06d}"

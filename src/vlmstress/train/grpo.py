@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmstress.errors import UsageError
+from vlmstress.train import sharding
 from vlmstress.train.config import GRPORunConfig, load_config
 
 Log = Callable[[str], None]
@@ -305,22 +306,14 @@ def train_grpo(
         trainer_log.removeFilter(quiet)
     final, accelerator = out / "final", trainer.accelerator
     # ZeRO-3 and FSDP keep a slice of each weight per process: all of them gather the whole.
-    state_dict = accelerator.get_state_dict(trainer.model_wrapped) if weights_sharded(accelerator) else None
+    state_dict = (
+        accelerator.get_state_dict(trainer.model_wrapped) if sharding.weights_sharded(accelerator) else None
+    )
     if main_process:
         save_policy(trainer.model, trainer.processing_class, final, state_dict=state_dict)
         log(f"final policy in {final}; dynamics in {out / 'dynamics.jsonl'}")
     accelerator.wait_for_everyone()  # no process returns before the policy is on disk
     return final
-
-
-def weights_sharded(accelerator: Any) -> bool:
-    """Whether the training processes each hold only a slice of the weights (ZeRO-3, FSDP)."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    plugin = accelerator.state.deepspeed_plugin
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3
 
 
 def save_policy(model: Any, processor: Any, out: Path, *, state_dict: dict | None = None) -> Path:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from trl import GRPOTrainer
 
-from vlmstress.train.grpo import weights_sharded
+from vlmstress.train.sharding import weights_sharded
 
 # A further group must save this share of the whole batch's padded tokens: one more model call costs
 # a little (and on a GPU smaller batches use it less well), so near-equal lengths stay together.
