@@ -258,6 +258,15 @@ def _accuracy_cell(v: Mapping[str, Any]) -> str:
     return f"{_pct(v['accuracy'])} [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
+# Names in summary.md come from file names, SPECs and user variants; Markdown viewers render raw
+# HTML, so tags are escaped, and a pipe must not split a table cell.
+_MD_TEXT = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|"}
+
+
+def _md_text(text: object) -> str:
+    return "".join(_MD_TEXT.get(ch, ch) for ch in str(text))
+
+
 def summary_markdown(metrics: Mapping[str, Any]) -> str:
     """The table a person reads first: one row per variant, shares in percent with one decimal,
     the drop against base in points, entropy in nats, "–" where a metric is null."""
@@ -268,7 +277,7 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
         "| mean entropy (nats) | mean P(correct) % | followed misleading % | flip rate % | AUROC P_base % |"
     )
     lines = [
-        f"# {metrics.get('model', '?')} on {metrics.get('data', '?')}",
+        f"# {_md_text(metrics.get('model', '?'))} on {_md_text(metrics.get('data', '?'))}",
         "",
         header,
         "|" + "---|" * header.count(" | ") + "---|",
@@ -282,7 +291,7 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
         n_errors = v.get("errors") or 0
         errors = f" ({n_errors} error{'s' if n_errors > 1 else ''})" if n_errors else ""
         cells = [
-            name,
+            _md_text(name),
             f"{v.get('n', 0)}{errors}",
             _accuracy_cell(v),
             drop,
