@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,26 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:  # float() takes "nan" and "inf"; a price is neither
+        raise argparse.ArgumentTypeError(f"expected a price of 0 or more, got {text!r}")
     return value
 
 
@@ -95,11 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a rerun, make the model calls that failed (timeouts, refusals) again; else kept as errors",
     )
     e.add_argument("--dry-run", action="store_true", help="print requests, tokens and cost; run nothing")
-    e.add_argument("--price-in", type=float, default=None, help="with --dry-run: price per 1M prompt tokens")
+    e.add_argument("--price-in", type=_price, default=None, help="with --dry-run: price per 1M prompt tokens")
     e.add_argument(
-        "--price-out", type=float, default=None, help="with --dry-run: price per 1M generated tokens"
+        "--price-out", type=_price, default=None, help="with --dry-run: price per 1M generated tokens"
     )
-    e.add_argument("--image-tokens", type=int, default=1200, help="with --dry-run: tokens per image")
+    e.add_argument(
+        "--image-tokens", type=_non_negative_int, default=1200, help="with --dry-run: tokens per image"
+    )
 
     t = sub.add_parser("train", help="SFT or GRPO training")
     t.add_argument("kind", choices=["sft", "grpo"])
@@ -139,6 +162,15 @@ def cmd_eval(args) -> int:
         raise UsageError(f"unknown template {args.template!r}; known: {', '.join(TEMPLATES)}")
     model_name = redact_spec(args.model)
     out = Path(args.out or f"runs/{_slug(model_name)}-{_slug(args.data)}")
+    model_opts = _model_options(args.model_opt)
+    if not args.dry_run:  # a plan needs no model (its checkpoint may be on another machine)
+        from vlmstress.usage import check_can_create, check_model
+
+        check_model(args.model, model_opts)
+        for judge in args.judge:
+            if judge.strip() != "rule":
+                check_model(judge, {})
+        check_can_create(out, "--out")
     samples, data_name = load_data(args.data, data_dir=args.data_dir, limit=args.limit, seed=args.seed)
     if args.dry_run:
         from vlmstress.plan import plan_run
@@ -177,7 +209,7 @@ def cmd_eval(args) -> int:
     if shard.world_size_from_env() > 1:  # one rank of a torchrun / accelerate launch run
         metrics = shard.run_distributed(
             lambda: (
-                load_model(args.model, **_api_options(args.model, out), **_model_options(args.model_opt)),
+                load_model(args.model, **_api_options(args.model, out), **model_opts),
                 [load_judge(j, **_api_options(j, out)) for j in args.judge],
             ),
             samples,
@@ -191,11 +223,13 @@ def cmd_eval(args) -> int:
         return 0
     # The lock (and a resume's config check) come before the model loads: a second process on this
     # --out, or a rerun of another config, is refused at once, not after minutes of loading weights.
-    with run_lock(out):
+    from vlmstress.usage import leaves_nothing_on_usage_error
+
+    with leaves_nothing_on_usage_error(out), run_lock(out):
         check_same_run(out, spec)
         # API backends cache every request under the run, so a rerun (or resume) sends nothing twice.
         judges = [load_judge(j, **_api_options(j, out)) for j in args.judge]
-        model = load_model(args.model, **_api_options(args.model, out), **_model_options(args.model_opt))
+        model = load_model(args.model, **_api_options(args.model, out), **model_opts)
         metrics = run_eval(
             model, samples, spec, out, judges=judges, locked=True, retry_failed=args.retry_failed
         )
@@ -216,7 +250,12 @@ def _model_options(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--model-opt takes KEY=VALUE, got {pair!r}")
-        options[key.strip()] = yaml.safe_load(value)
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:  # a tag (!!python/...) or broken YAML: one line, not four
+            raise UsageError(
+                f"--model-opt {key.strip()}: not a plain value ({str(exc).splitlines()[0]})"
+            ) from None
     return options
 
 
@@ -265,7 +304,9 @@ def cmd_report(args) -> int:
 
 def cmd_data(args) -> int:
     from vlmstress.data import synth
+    from vlmstress.usage import check_can_create
 
+    check_can_create(args.out, "data synth --out")
     path = synth.write(synth.generate(args.n, seed=args.seed, split=args.split), args.out)
     print(f"wrote {args.n} samples to {path}")
     return 0

@@ -29,6 +29,7 @@ from vlmstress.report.palette import (
 from vlmstress.report.runs import Run, load_runs
 from vlmstress.report.tables import NULL, all_variants, build_tables
 from vlmstress.runner import write_atomic
+from vlmstress.usage import check_can_create
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,9 @@ def build_report(dirs: list[Path], html: Path | None = None) -> Path:
     out = Path(html) if html is not None else default_html_path(runs)
     if out.suffix.lower() in (".md", ".tex"):
         raise UsageError(f"report: --html {out} would be overwritten by the {out.suffix} tables beside it")
+    if out.is_dir():
+        raise UsageError(f"report: --html {out} is a directory; name the HTML file to write")
+    check_can_create(out.parent, "report: --html")
     out.parent.mkdir(parents=True, exist_ok=True)
     context = report_context(runs)
     write_atomic(out, _writable(render_html(context)))
