@@ -4,6 +4,7 @@ whose every record is an error, a response that is not valid Unicode, hostile na
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from vlmstress.data import synth
@@ -73,3 +74,17 @@ def test_summary_escapes_html_from_names():
     assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len({line.count("|") - line.count("\\|") for line in table}) == 1  # no cell split by a pipe
+
+
+def test_summary_of_a_file_name_that_is_not_utf8_can_be_written():
+    # a replay file named with the byte 0xff: Python reads the name with a lone surrogate in it
+    text = summary_markdown({"model": "replay:/tmp/r\udcff.jsonl", "data": "synth:4", "variants": {}})
+    assert "replay:/tmp/r\ufffd.jsonl" in text.encode("utf-8").decode("utf-8")
+
+
+def test_report_builds_on_a_run_named_by_a_file_name_that_is_not_utf8(tmp_path):
+    samples = synth.generate(N)
+    replay = replay_file(Path(os.fsdecode(bytes(tmp_path) + b"/r\xff.jsonl")), samples, ["base"])
+    out = evaluate(replay, samples, ["base"], tmp_path / "run")
+    page = build_report([out]).read_bytes().decode("utf-8")
+    assert "r\ufffd" in page

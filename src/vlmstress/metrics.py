@@ -259,12 +259,13 @@ def _accuracy_cell(v: Mapping[str, Any]) -> str:
 
 
 # Names in summary.md come from file names, SPECs and user variants; Markdown viewers render raw
-# HTML, so tags are escaped, and a pipe must not split a table cell.
+# HTML, so tags are escaped, and a pipe must not split a table cell. A file name that is not UTF-8
+# reaches Python with lone surrogates, which cannot be written: they become U+FFFD.
 _MD_TEXT = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|"}
 
 
 def _md_text(text: object) -> str:
-    return "".join(_MD_TEXT.get(ch, ch) for ch in str(text))
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else _MD_TEXT.get(ch, ch) for ch in str(text))
 
 
 def summary_markdown(metrics: Mapping[str, Any]) -> str:

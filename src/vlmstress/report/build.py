@@ -4,7 +4,6 @@ write report.html with report.md and report.tex beside it."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from vlmstress.report.palette import (
     order_variants,
     variant_colours,
 )
-from vlmstress.report.runs import Run, load_runs
+from vlmstress.report.runs import Run, load_runs, writable
 from vlmstress.report.tables import NULL, all_variants, build_tables
 from vlmstress.runner import write_atomic
 from vlmstress.usage import check_can_create
@@ -118,15 +117,6 @@ def report_context(runs: Sequence[Run]) -> dict[str, Any]:
     }
 
 
-# A lone UTF-16 surrogate (a model that emitted half an emoji, kept by json's \ud83d escape) is a
-# valid Python str but cannot be written as UTF-8; it is shown as U+FFFD instead.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _writable(text: str) -> str:
-    return _SURROGATE.sub("\ufffd", text)
-
-
 def build_report(dirs: list[Path], html: Path | None = None) -> Path:
     """Write the HTML report of the runs in `dirs` (and report.md / report.tex beside it); return
     the HTML path. Default: `<dir>/report.html` for one run, the runs' common parent for several."""
@@ -139,8 +129,8 @@ def build_report(dirs: list[Path], html: Path | None = None) -> Path:
     check_can_create(out.parent, "report: --html")
     out.parent.mkdir(parents=True, exist_ok=True)
     context = report_context(runs)
-    write_atomic(out, _writable(render_html(context)))
+    write_atomic(out, writable(render_html(context)))
     tables = list(context["tables"].values())  # in the order build_tables made them
-    write_atomic(out.with_suffix(".md"), _writable(markdown_document(runs, tables)))
-    write_atomic(out.with_suffix(".tex"), _writable(latex_document(tables)))
+    write_atomic(out.with_suffix(".md"), writable(markdown_document(runs, tables)))
+    write_atomic(out.with_suffix(".tex"), writable(latex_document(tables)))
     return out
