@@ -268,9 +268,21 @@ def _md_text(text: object) -> str:
     return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else _MD_TEXT.get(ch, ch) for ch in str(text))
 
 
+def _md_names(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """`metrics` with its model, data and variant names as Markdown text (_md_text)."""
+    variants = metrics.get("variants") or {}
+    return {
+        **metrics,
+        "model": _md_text(metrics.get("model", "?")),
+        "data": _md_text(metrics.get("data", "?")),
+        "variants": {_md_text(name): v for name, v in variants.items()},
+    }
+
+
 def summary_markdown(metrics: Mapping[str, Any]) -> str:
     """The table a person reads first: one row per variant, shares in percent with one decimal,
     the drop against base in points, entropy in nats, "–" where a metric is null."""
+    metrics = _md_names(metrics)
     variants: Mapping[str, Mapping[str, Any]] = metrics.get("variants", {})
     base_acc = variants.get("base", {}).get("accuracy")
     header = (
@@ -278,7 +290,7 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
         "| mean entropy (nats) | mean P(correct) % | followed misleading % | flip rate % | AUROC P_base % |"
     )
     lines = [
-        f"# {_md_text(metrics.get('model', '?'))} on {_md_text(metrics.get('data', '?'))}",
+        f"# {metrics.get('model', '?')} on {metrics.get('data', '?')}",
         "",
         header,
         "|" + "---|" * header.count(" | ") + "---|",
@@ -292,7 +304,7 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
         n_errors = v.get("errors") or 0
         errors = f" ({n_errors} error{'s' if n_errors > 1 else ''})" if n_errors else ""
         cells = [
-            _md_text(name),
+            name,
             f"{v.get('n', 0)}{errors}",
             _accuracy_cell(v),
             drop,

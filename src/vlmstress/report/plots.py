@@ -121,9 +121,8 @@ def quadrant_figure(runs: Sequence[Run], variants: list[str]) -> Figure | None:
         for ax, run in zip(axes, evaluated, strict=False):
             bottom = [0.0] * len(variants)
             for q in QUADRANTS:
-                # A variant with no successful record has null shares: it gets no bar (height 0),
-                # not a crash; the tables show its "–".
                 heights = [
+                    # a null share (nothing judged) draws no bar, rather than failing
                     100 * (((run.variant_metrics(v) or {}).get("quadrants") or {}).get(q) or 0.0)
                     for v in variants
                 ]
