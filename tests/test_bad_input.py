@@ -7,6 +7,7 @@ traceback, and no run directory left behind.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import struct
@@ -138,12 +139,34 @@ def test_bad_rows_become_error_records_and_the_run_goes_on(tiny_ckpt, bad_data, 
         (["--data", "{tmp}/not-a-table.json"], "is not a table"),
         (["--template", "fancy"], "unknown template"),
         (["--batch-size", "0"], "positive"),
-    ],
+        # issue #19: each of these exited 1, or exited 2 but left the run directory behind
+        (["--model", "tiny:{tmp}/missing"], "no such directory"),
+        (["--model", "hf:/MISSING/DIR"], "no such directory"),
+        (["--model", "hf:./missing-checkpoint"], "no such directory"),
+        (["--model", "replay:{tmp}/missing.jsonl"], "replay file not found"),
+        (["--model", "replay:{tmp}/empty.jsonl"], "has no rows"),
+        (["--model", "replay:{tmp}/broken.jsonl"], "not valid JSON"),
+        (
+            ["--model", "replay:{tmp}/ok.jsonl", "--model-opt", "dtype=float32"],
+            "replay models take no options",
+        ),
+        (["--model-opt", "dtype"], "KEY=VALUE"),
+        (["--model-opt", "dtype=!!python/name:os.system"], "--model-opt dtype"),
+        (["--model-opt", "no_such_option=1"], "no_such_option"),
+        (["--model-opt", "dtype=float64"], "dtype"),  # refused by the backend, inside the run lock
+        (["--dry-run", "--image-tokens", "-5"], "--image-tokens"),
+        (["--dry-run", "--price-in", "nan"], "--price-in"),
+        (["--dry-run", "--price-out", "-1"], "--price-out"),
+    ]
+    + ([] if importlib.util.find_spec("vllm") else [(["--model", "vllm:org/model"], "need vLLM installed")]),
 )
 def test_bad_usage_is_one_line_exit_2_and_leaves_no_run_directory(args, words, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hello\n")
     (tmp_path / "no-question.csv").write_text("a,b\n1,2\n")
     (tmp_path / "not-a-table.json").write_text('"just a string"')
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    (tmp_path / "ok.jsonl").write_text('{"sample_id": "a", "variant": "base", "response": "A"}\n')
     out = tmp_path / "run"
     argv = ["eval", "--model", "tiny", "--data", "synth:2", "--out", str(out)]
     for flag, *values in _pairs(args):
@@ -195,3 +218,61 @@ def test_config_file_with_unknown_keys_is_one_line_exit_2(kind, tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "max_stepz" in lines[0], res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_bad_openai_settings_leave_no_run_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VLMSTRESS_OPENAI_TIMEOUT", "-3")
+    out = tmp_path / "run"
+    argv = ["eval", "--model", "openai:m@http://127.0.0.1:9/v1", "--data", "synth:2", "--out", str(out)]
+    assert main(argv) == 2
+    assert "VLMSTRESS_OPENAI_TIMEOUT" in capsys.readouterr().err and not out.exists()
+
+
+def _unwritable(tmp_path: Path) -> list[Path]:
+    """Places nothing can be created, whoever runs the test (root included)."""
+    (tmp_path / "a-file").write_text("x")
+    places = [tmp_path / "a-file" / "run"]
+    if Path("/sys").is_dir():
+        places.append(Path("/sys/vlmstress-test-run"))
+    return places
+
+
+def _usage_error(argv: list[str], capsys, words: str) -> None:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err
+
+
+def test_unwritable_outputs_and_unreadable_configs_are_usage_errors(tmp_path, capsys):
+    for place in _unwritable(tmp_path):
+        _usage_error(
+            ["eval", "--model", "tiny", "--data", "synth:2", "--out", str(place)], capsys, str(place)
+        )
+        _usage_error(["data", "synth", "--n", "2", "--out", str(place)], capsys, str(place))
+    replay = tmp_path / "r.jsonl"
+    replay.write_text('{"sample_id": "a", "variant": "base", "response": "A"}\n')
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                f"replay:{replay}",
+                "--data",
+                "synth:2",
+                "--variants",
+                "base",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    (tmp_path / "a-dir").mkdir()
+    _usage_error(["report", str(run), "--html", str(tmp_path / "a-dir")], capsys, "a directory")
+    assert list((tmp_path / "a-dir").iterdir()) == []
+    (tmp_path / "latin1.yaml").write_bytes("max_steps: 3 # caf\xe9\n".encode("latin-1"))
+    for config in (tmp_path / "latin1.yaml", tmp_path / "a-dir"):
+        for kind in ("sft", "grpo"):
+            _usage_error(["train", kind, "--config", str(config)], capsys, str(config))

@@ -342,3 +342,69 @@ def test_option_text_wins_over_index_for_digit_answers() -> None:
     assert answer_letter("x", ("x", "X", "y")) == ("A", None)  # exact case first
     with pytest.raises(RowError, match="several"):
         answer_letter("left", ("Left", "LEFT", "y"))
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+def test_deep_nesting_is_one_error_row_not_a_crash_or_a_refused_file(tmp_path: Path) -> None:
+    """Issue #19: a 600-deep extra column ended the run with RecursionError, and one 100k-deep JSON
+    line made the whole file refused. Each is now its own row's error; the other rows load."""
+    good = {"id": "ok", "question": "Which?", "options": ["x", "y"], "answer": "A"}
+    deep_column = {**good, "id": "deep-column", "extra": _nested(600)}
+    path = tmp_path / "data.jsonl"
+    path.write_text(
+        json.dumps(good)
+        + "\n"
+        + json.dumps(deep_column)
+        + "\n"
+        + '{"id": "deep-line", "q": '
+        + "[" * 100_000
+        + "\n"
+    )
+    by_id = {s.sample_id: s for s in load_file(path)}
+    assert by_id["ok"].error is None
+    assert "nested" in by_id["deep-column"].error
+    (line_error,) = [s.error for sid, s in by_id.items() if sid not in ("ok", "deep-column")]
+    assert "nested" in line_error
+    json_path = tmp_path / "data.json"
+    json_path.write_text("[" + json.dumps(good) + "," + json.dumps(deep_column) + "]")
+    assert [s.error is None for s in load_file(json_path)] == [True, False]
+
+
+def test_a_huge_file_that_is_not_an_image_is_refused_without_reading_it(tmp_path: Path) -> None:
+    import tracemalloc
+
+    fake = tmp_path / "huge.png"
+    with fake.open("wb") as f:
+        f.truncate(2 * 1024**3)  # 2 GiB, sparse: no disk used, but read_bytes would allocate it all
+    path = tmp_path / "data.jsonl"
+    path.write_text(
+        json.dumps(
+            {"id": "a", "question": "Which?", "options": ["x", "y"], "answer": "A", "image": "huge.png"}
+        )
+    )
+    (sample,) = load_file(path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="huge.png"):
+            load_image(sample.image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 1024**2
+    # under the size cap, the header alone tells it is not an image
+    with fake.open("r+b") as f:
+        f.truncate(400 * 1024**2)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="not a recognised image"):
+            load_image(sample.image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 1024**2

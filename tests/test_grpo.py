@@ -6,6 +6,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 
 import pytest
 import torch
@@ -170,12 +171,19 @@ class InterruptAt:
 def test_resume_after_interruption(policy_dir, full_run, tmp_path):
     cfg = config(policy_dir, tmp_path)
     out = tmp_path / "run"
+    first = []
     with pytest.raises(Interrupt):
-        train_grpo(cfg, out=out, log=lambda _: None, callbacks=[InterruptAt(3)])
+        train_grpo(cfg, out=out, log=first.append, callbacks=[InterruptAt(3)])
+    assert any(line.startswith("starting from scratch") for line in first)
     assert (out / "checkpoint-2").is_dir() and not (out / "final").exists()
+    # a kill right after the weights of checkpoint-3 were written, before its trainer_state.json
+    torn = out / "checkpoint-3"
+    torn.mkdir()
+    shutil.copy(out / "checkpoint-2" / "model.safetensors", torn / "model.safetensors")
     logged = []
     final = train_grpo(cfg, out=out, log=logged.append)
     assert any("resuming from" in line and line.endswith("checkpoint-2") for line in logged)
+    assert any("skipping incomplete" in line and "checkpoint-3" in line for line in logged)
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     # no step is reported twice, none is missing

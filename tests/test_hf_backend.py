@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -560,3 +561,37 @@ def test_forced_prefix_follows_the_tokenizer(qwen_tokenizer):
 def test_bad_options_are_usage_errors(options):
     with pytest.raises(UsageError):
         HFModel.from_pretrained("unused/never-loaded", **options)
+
+
+def test_a_prompt_longer_than_the_context_is_its_own_error_before_any_forward_pass(tiny_ckpt):
+    """Issue #19: one huge question made its whole batch pad to it (a 202 GB allocation). It must be
+    that prompt's error, found from its token count before the model runs; the rest still answer."""
+    model = HFModel.from_pretrained(str(tiny_ckpt), device="cpu")
+    limit = model.model.config.get_text_config().max_position_embeddings
+    seen = []
+    real_generate = model.model.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs["input_ids"].shape[1])
+        return real_generate(**kwargs)
+
+    model.model.generate = spy
+    ok = prompts()
+    long = Prompt(
+        "long", "base", "Where is it? " * limit + "\nA. left\nB. right", None, ("left", "right"), "A"
+    )
+    out = model.generate([ok[0], long, ok[2]], max_new_tokens=4)
+    assert out[1].error is not None and "too long" in out[1].error and str(limit) in out[1].error
+    assert out[0].error is None and out[2].error is None
+    assert seen and max(seen) <= limit  # the long prompt never reached the model
+    # a 1 MB question is refused at once, without tokenizing it
+    huge = Prompt("huge", "base", "x" * 1_000_000, None, ("left", "right"), "A")
+    seen.clear()
+    start = time.perf_counter()
+    (gen,) = model.generate([huge], max_new_tokens=4)
+    assert "too long" in gen.error and time.perf_counter() - start < 1.0 and not seen
+    # the limit can be set lower than the model's own
+    tight = HFModel.from_pretrained(str(tiny_ckpt), device="cpu", max_prompt_tokens=8)
+    assert all("too long" in g.error for g in tight.generate(ok, max_new_tokens=4))
+    with pytest.raises(UsageError, match="max_prompt_tokens"):
+        HFModel.from_pretrained(str(tiny_ckpt), device="cpu", max_prompt_tokens=0)

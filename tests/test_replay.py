@@ -89,11 +89,6 @@ def test_returned_generations_are_copies(tmp_path):
         ([{"variant": "base", "response": "A"}], "sample_id"),
         ([{"sample_id": "a", "response": "A"}], "variant"),
         ([{"sample_id": "a", "variant": "base"}], "response"),
-        (
-            [{"sample_id": "a", "variant": "base", "response": "A", "letter_probs": {"A": 1.5}}],
-            "letter_probs",
-        ),
-        ([{"sample_id": "a", "variant": "base", "response": "A", "letter_probs": ["A"]}], "letter_probs"),
         ([{"sample_id": "a", "variant": "base", "response": "A"}] * 2, "second row"),
         ([], "no rows"),
     ],
@@ -111,3 +106,40 @@ def test_missing_and_unreadable_files_are_usage_errors(tmp_path):
     (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(UsageError, match="cannot read"):
         ReplayModel(tmp_path / "binary.jsonl")
+
+
+BAD_PROBS = [
+    {"A": 0.0, "B": 0.0},
+    {"A": -0.5, "B": 1.5},
+    {"A": float("nan"), "B": 0.5},
+    {"A": 1.5},
+    ["A"],
+    {},
+]
+
+
+def test_bad_letter_probs_are_that_rows_error_and_the_run_goes_on(tmp_path):
+    """Issue #19: all-zero letter_probs passed loading and then crashed every run in the metrics
+    ("not a probability distribution"); negative or NaN ones refused the whole file. Each is now
+    the error of its own record; the other rows answer and the metrics are computed."""
+    from vlmstress.data import synth
+    from vlmstress.judge.rule import RuleJudge
+    from vlmstress.runlog import read_records
+    from vlmstress.runner import RunSpec, run_eval
+
+    samples = synth.generate(len(BAD_PROBS) + 1)
+    rows = [
+        {"sample_id": s.sample_id, "variant": "base", "response": "<answer>A</answer>", "letter_probs": probs}
+        for s, probs in zip(samples, [*BAD_PROBS, {"A": 0.6, "B": 0.4}], strict=True)
+    ]
+    path = write(tmp_path / "saved.jsonl", *rows)  # json.dumps writes NaN, as other tools do
+    model = ReplayModel(path)
+    gens = model.generate([prompt(s.sample_id) for s in samples], max_new_tokens=1)
+    assert all(g.error is not None and "letter_probs" in g.error for g in gens[:-1])
+    assert gens[-1].error is None and gens[-1].letter_probs == {"A": 0.6, "B": 0.4}
+    out = tmp_path / "run"
+    spec = RunSpec(model=f"replay:{path}", data=f"synth:{len(samples)}", variants=["base"])
+    metrics = run_eval(model, samples, spec, out, judges=[RuleJudge()], progress=False)
+    assert metrics["variants"]["base"]["errors"] == len(BAD_PROBS) and metrics["variants"]["base"]["n"] == 1
+    records = read_records(out / "records.jsonl")
+    assert sum(r["error"] is not None and "letter_probs" in r["error"] for r in records) == len(BAD_PROBS)

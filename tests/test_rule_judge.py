@@ -127,3 +127,59 @@ def test_huge_thinks_are_fast() -> None:
     for think in thinks:
         supported_letter(think, OPTIONS)
     assert time.perf_counter() - start < 3.0
+
+
+def test_long_options_against_a_long_think_take_bounded_time() -> None:
+    """Issue #19: 26 options of ~2,000 characters sharing their start with a 50k-character think took
+    688 s (the alternation re-read each option at every position). Now linear-ish in both."""
+    options = [("red " * 500) + f"end{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    start = time.perf_counter()
+    assert supported_letter("red " * 12_500, options) is None
+    assert supported_letter("red " * 12_000 + "so the answer is " + options[3], options) == "D"
+    assert time.perf_counter() - start < 3.0
+
+
+def _reference_mentions(think, options):
+    """The regex alternation _mentions was written as (exact but quadratic), to hold the fast one to."""
+    import re
+    import string
+
+    letters_by_text: dict[str, set[str]] = {}
+    for letter, text in zip(string.ascii_uppercase, options):
+        key = " ".join(text.lower().split())
+        if key and not (len(key) == 1 and key.isascii() and key.isalpha()):
+            letters_by_text.setdefault(key, set()).add(letter)
+    if not letters_by_text:
+        return []
+    keys = sorted(letters_by_text, key=len, reverse=True)
+    alternatives = "|".join("(" + r"\s+".join(re.escape(w) for w in k.split()) + ")" for k in keys)
+    pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+    return [(m.start(), frozenset(letters_by_text[keys[m.lastindex - 1]])) for m in pattern.finditer(think)]
+
+
+def test_fast_mentions_equal_the_regex_alternation() -> None:
+    import random
+
+    from vlmstress.judge.rule import _mentions, _squeeze
+
+    rng = random.Random(19)
+    words = [
+        "red",
+        "Red",
+        "dark",
+        "blue",
+        "dark red",
+        "red-ish",
+        "a",
+        "I",
+        "é",
+        "3.5",
+        "(red)",
+        "red_x",
+        "so",
+    ]
+    for _ in range(3000):
+        options = [" ".join(rng.choices(words, k=rng.randint(1, 3))) for _ in range(rng.randint(1, 6))]
+        gaps = [" ", "  ", "\n", ", ", ".", "", "_", "\t"]
+        think = _squeeze("".join(rng.choice(words) + rng.choice(gaps) for _ in range(rng.randint(0, 12))))
+        assert _mentions(think, options) == _reference_mentions(think, options), (think, options)

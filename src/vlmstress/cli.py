@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,26 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:  # float() takes "nan" and "inf"; a price is neither
+        raise argparse.ArgumentTypeError(f"expected a price of 0 or more, got {text!r}")
     return value
 
 
@@ -105,11 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a rerun, make the model calls that failed (timeouts, refusals) again; else kept as errors",
     )
     e.add_argument("--dry-run", action="store_true", help="print requests, tokens and cost; run nothing")
-    e.add_argument("--price-in", type=float, default=None, help="with --dry-run: price per 1M prompt tokens")
+    e.add_argument("--price-in", type=_price, default=None, help="with --dry-run: price per 1M prompt tokens")
     e.add_argument(
-        "--price-out", type=float, default=None, help="with --dry-run: price per 1M generated tokens"
+        "--price-out", type=_price, default=None, help="with --dry-run: price per 1M generated tokens"
     )
-    e.add_argument("--image-tokens", type=int, default=1200, help="with --dry-run: tokens per image")
+    e.add_argument(
+        "--image-tokens", type=_non_negative_int, default=1200, help="with --dry-run: tokens per image"
+    )
 
     t = sub.add_parser("train", parents=[user_code], help="SFT or GRPO training")
     t.add_argument("kind", choices=["sft", "grpo"])
@@ -155,6 +178,14 @@ def cmd_eval(args) -> int:
     )
     spec, samples = run.spec, run.samples
     out = Path(args.out or f"runs/{_slug(spec.model)}-{_slug(args.data)}")
+    if not args.dry_run:  # a plan needs no model (its checkpoint may be on another machine)
+        from vlmstress.usage import check_can_create, check_model
+
+        check_model(args.model, _model_options(args.model_opt))
+        for judge in args.judge:
+            if judge.strip() != "rule":
+                check_model(judge, {})
+        check_can_create(out, "--out")
     if args.dry_run:
         from vlmstress.plan import plan_run
         from vlmstress.shard import rank_from_env
@@ -185,8 +216,12 @@ def cmd_eval(args) -> int:
             return 0
         _print_summary(out, metrics)
         return 0
-    # The lock (and a resume's config check) come before the model loads (PreparedEval.run).
-    metrics = run.run(out, progress=True, retry_failed=args.retry_failed).metrics
+    # The lock (and a resume's config check) come before the model loads (PreparedEval.run); a
+    # usage error found only by a backend takes back the run folder it created.
+    from vlmstress.usage import leaves_nothing_on_usage_error
+
+    with leaves_nothing_on_usage_error(out):
+        metrics = run.run(out, progress=True, retry_failed=args.retry_failed).metrics
     _print_summary(out, metrics)
     return 0
 
@@ -200,7 +235,12 @@ def _model_options(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--model-opt takes KEY=VALUE, got {pair!r}")
-        options[key.strip()] = yaml.safe_load(value)
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:  # a tag (!!python/...) or broken YAML: one line, not four
+            raise UsageError(
+                f"--model-opt {key.strip()}: not a plain value ({str(exc).splitlines()[0]})"
+            ) from None
     return options
 
 
@@ -249,7 +289,9 @@ def cmd_report(args) -> int:
 
 def cmd_data(args) -> int:
     from vlmstress.data import synth
+    from vlmstress.usage import check_can_create
 
+    check_can_create(args.out, "data synth --out")
     path = synth.write(synth.generate(args.n, seed=args.seed, split=args.split), args.out)
     print(f"wrote {args.n} samples to {path}")
     return 0

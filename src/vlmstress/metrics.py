@@ -323,9 +323,31 @@ def _accuracy_cell(v: Mapping[str, Any]) -> str:
     return f"{_pct(v['accuracy'])} [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
+# Names in summary.md come from file names, SPECs and user variants; Markdown viewers render raw
+# HTML, so tags are escaped, and a pipe must not split a table cell. A file name that is not UTF-8
+# reaches Python with lone surrogates, which cannot be written: they become U+FFFD.
+_MD_TEXT = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|"}
+
+
+def _md_text(text: object) -> str:
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else _MD_TEXT.get(ch, ch) for ch in str(text))
+
+
+def _md_names(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """`metrics` with its model, data and variant names as Markdown text (_md_text)."""
+    variants = metrics.get("variants") or {}
+    return {
+        **metrics,
+        "model": _md_text(metrics.get("model", "?")),
+        "data": _md_text(metrics.get("data", "?")),
+        "variants": {_md_text(name): v for name, v in variants.items()},
+    }
+
+
 def summary_markdown(metrics: Mapping[str, Any]) -> str:
     """The table a person reads first: one row per variant, shares in percent with one decimal,
     the drop against base in points, entropy in nats, "–" where a metric is null."""
+    metrics = _md_names(metrics)
     variants: Mapping[str, Mapping[str, Any]] = metrics.get("variants", {})
     base_acc = variants.get("base", {}).get("accuracy")
     header = (

@@ -126,6 +126,9 @@ def _read_jsonl(path: Path, limit: int | None) -> list[Row | BadRow]:
             except json.JSONDecodeError as exc:
                 rows.append(BadRow(f"invalid JSON line: {exc.msg}"))
                 continue
+            except RecursionError:  # json's C parser gives up near 1,000 levels: that line's fault
+                rows.append(BadRow("invalid JSON line: nested too deeply"))
+                continue
             rows.append(
                 value
                 if isinstance(value, dict)
@@ -204,11 +207,14 @@ def row_to_sample(row: Row, row_no: int, base_dir: Path) -> Sample:
     )
     letter_keys = [] if _present_key(row, OPTION_LIST_KEYS) else [ltr for ltr in LETTERS if ltr in row]
     used = {id_key, q_key, ans_key, fam_key, img_key, "hint", *OPTION_LIST_KEYS, *letter_keys}
-    known: dict[str, Any] = {
-        "sample_id": _id_text(row[id_key]) if id_key else str(row_no),
-        "question": _repair(row[q_key]) if q_key and isinstance(row[q_key], str) else "",
-        "meta": {k: plain(v) for k, v in row.items() if k not in used},
-    }
+    sample_id = str(row_no)
+    question = _repair(row[q_key]) if q_key and isinstance(row[q_key], str) else ""
+    try:
+        sample_id = _id_text(row[id_key]) if id_key else sample_id
+        meta = {k: plain(v) for k, v in row.items() if k not in used}
+    except RowError as exc:  # a cell nested too deeply to copy
+        return error_sample(sample_id, str(exc), question=question)
+    known: dict[str, Any] = {"sample_id": sample_id, "question": question, "meta": meta}
     if id_key == "index":
         known["meta"]["index"] = index_value(row["index"])  # MMBench's circular groups need it
     if _synth_facts(row.get("facts")):
@@ -476,8 +482,14 @@ def find_non_utf8(value: Any, key: str | None = None) -> str | None:
     return None
 
 
-def plain(value: Any) -> Any:
+# Deeper cells are a row error: copying them recursively would end the run with RecursionError.
+MAX_DEPTH = 100
+
+
+def plain(value: Any, _depth: int = 0) -> Any:
     """A cell as a plain JSON-friendly value: NaN -> None, 3.0 -> 3, arrays -> lists."""
+    if _depth > MAX_DEPTH:
+        raise RowError(f"a cell is nested more than {MAX_DEPTH} levels deep")
     if is_missing(value):
         return None
     if isinstance(value, float) and value.is_integer():
@@ -487,11 +499,11 @@ def plain(value: Any) -> Any:
     if isinstance(value, str):
         return _repair(value)
     if hasattr(value, "tolist") and not isinstance(value, int | float):
-        return plain(value.tolist())  # numpy scalars and arrays
+        return plain(value.tolist(), _depth)  # numpy scalars and arrays
     if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
+        return [plain(v, _depth + 1) for v in value]
     return value
 
 

@@ -14,7 +14,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -97,16 +97,27 @@ def _is_file(path: Path) -> bool:
 
 
 def _open_path(path: Path, max_pixels: int) -> Image.Image:
+    """Decode from the open file, never read whole first: PIL reads the header, so a file that is
+    no image (or too many pixels) fails after a few bytes, however big it is."""
     if not _is_file(path):
         raise ImageError(f"image file not found: {_short(str(path))}")
+    what = f"image file {_short(str(path))}"
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        if size > max_file_bytes(max_pixels):
+            raise ImageError(f"{what} is too large: {size} bytes (the cap is {max_file_bytes(max_pixels)})")
+        with path.open("rb") as stream:
+            return _decode(stream, what, max_pixels)
     except OSError as exc:
-        raise ImageError(f"cannot read image file {_short(str(path))}: {exc.strerror or exc}") from None
-    return _decode(io.BytesIO(data), f"image file {_short(str(path))}", max_pixels)
+        raise ImageError(f"cannot read {what}: {exc.strerror or exc}") from None
 
 
-def _decode(stream: io.BytesIO, what: str, max_pixels: int) -> Image.Image:
+def max_file_bytes(max_pixels: int) -> int:
+    """No image within the pixel cap needs a bigger file: 8 bytes a pixel is 16-bit RGBA, uncompressed."""
+    return 8 * max_pixels + 1024**2
+
+
+def _decode(stream: BinaryIO, what: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # PIL only warns between MAX_IMAGE_PIXELS and twice that; treat the warning as the error.

@@ -150,6 +150,8 @@ class HFModel:
     processor: Any
     name: str
     device: str = "cpu"
+    # Longest prompt (in tokens) sent to the model; None: the model config's max_position_embeddings.
+    max_prompt_tokens: int | None = None
     # Caches: letter-token families by (token id, letter, option letters); forced-scoring plans by letters.
     _families: dict[tuple, dict[str, int] | None] = field(default_factory=dict, repr=False)
     _forced_plans: dict[tuple, tuple[str, dict[str, int]] | None] = field(default_factory=dict, repr=False)
@@ -164,17 +166,26 @@ class HFModel:
         device: str | None = None,
         attn_implementation: str | None = None,
         processor_kwargs: dict[str, Any] | None = None,
+        max_prompt_tokens: int | None = None,
     ) -> HFModel:
         """Load a checkpoint folder or hub id.
 
         dtype: auto (the checkpoint's own), float32, bfloat16 or float16. device: cpu, cuda, cuda:N, or
         auto (layers spread over the visible GPUs); default cuda when available. processor_kwargs go to
         the processor (e.g. {"max_pixels": 1003520} to bound Qwen-VL's image tokens).
+        max_prompt_tokens: a longer prompt is that prompt's error, never sent to the model (default:
+        the model's context, max_position_embeddings).
         """
         from transformers import AutoModelForImageTextToText
 
         if dtype not in DTYPES:
             raise UsageError(f"hf dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        if max_prompt_tokens is not None and (
+            isinstance(max_prompt_tokens, bool)
+            or not isinstance(max_prompt_tokens, int)
+            or max_prompt_tokens < 1
+        ):
+            raise UsageError(f"hf max_prompt_tokens must be a whole number >= 1, not {max_prompt_tokens!r}")
         target, device_map = _torch_placement(device)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = AutoModelForImageTextToText.from_pretrained(
@@ -188,7 +199,11 @@ class HFModel:
         if tokenizer.pad_token is None:  # batching needs a pad token; it is masked out, so eos serves
             tokenizer.pad_token = tokenizer.eos_token
         return cls(
-            model=model.eval(), processor=processor, name=name or f"hf:{path_or_id}", device=str(model.device)
+            model=model.eval(),
+            processor=processor,
+            name=name or f"hf:{path_or_id}",
+            device=str(model.device),
+            max_prompt_tokens=max_prompt_tokens,
         )
 
     @property
@@ -218,17 +233,59 @@ class HFModel:
         results: list[Generation | None] = [None] * len(prompts)
         rows, texts, images = [], [], []
         for i, p in enumerate(prompts):
+            text = self.prompt_text(p)
+            too_long = self._too_long(text)
+            if too_long:
+                results[i] = Generation(text="", error=too_long)
+                continue
             try:
                 images.append(_load_image(p.image) if p.image is not None else None)
             except ValueError as e:
                 results[i] = Generation(text="", error=f"image: {e}")
                 continue
-            texts.append(self.prompt_text(p))
+            texts.append(text)
             rows.append(i)
         gens = self._generate_isolating([prompts[i] for i in rows], texts, images, max_new_tokens)
         for i, gen in zip(rows, gens, strict=True):
             results[i] = gen
         return results  # type: ignore[return-value]
+
+    @cached_property
+    def context_limit(self) -> int | None:
+        """The most prompt tokens this model is sent: max_prompt_tokens, else the context the model
+        was built for (max_position_embeddings of its text config), else no limit."""
+        if self.max_prompt_tokens is not None:
+            return self.max_prompt_tokens
+        config = getattr(self.model, "config", None)
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        limit = getattr(text_config, "max_position_embeddings", None)
+        return limit if isinstance(limit, int) and limit > 0 else None
+
+    @cached_property
+    def _longest_token(self) -> int:
+        return max((len(t) for t in self._vocab), default=1) or 1
+
+    def _too_long(self, text: str) -> str | None:
+        """The error of a prompt longer than `context_limit`, or None. Checked before any forward pass:
+        a batch pads to its longest prompt, so one huge question would make the whole batch ask for
+        its attention matrices (hundreds of GB) instead of failing alone. The count is of the text
+        (an image placeholder counts once), a lower bound of what the model sees."""
+        limit = self.context_limit
+        if limit is None:
+            return None
+        # No token writes more characters than the longest vocabulary entry has, so a text longer
+        # than limit x that cannot fit: a 1 MB question is refused without tokenizing it.
+        if len(text) > limit * self._longest_token:
+            count = f"more than {limit}"
+        else:
+            n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n <= limit:
+                return None
+            count = str(n)
+        return (
+            f"prompt too long: {count} tokens, the model takes at most {limit} "
+            "(max_position_embeddings, or --model-opt max_prompt_tokens=N)"
+        )
 
     def _generate_isolating(self, prompts, texts, images, max_new_tokens) -> list[Generation]:
         """A batch that fails is retried one prompt at a time, so a prompt that cannot run (too long,

@@ -1,8 +1,9 @@
 """Saved responses as a model: evaluate outputs produced elsewhere with the same parse, judge and metrics.
 
 A replay file is JSON Lines, one row per (sample, variant): `{"sample_id", "variant", "response"}` with
-optional `"letter_probs"` ({letter: p}). A `records.jsonl` written by `vlmstress eval` is a valid replay
-file too: its `score_source` and `error` fields are honoured.
+optional `"letter_probs"` ({letter: p}; a row whose distribution is not one, e.g. all zeros, is that
+record's error). A `records.jsonl` written by `vlmstress eval` is a valid replay file too: its
+`score_source` and `error` fields are honoured.
 """
 
 from __future__ import annotations
@@ -93,7 +94,12 @@ def _row_generation(row: dict[str, Any], where: str) -> Generation:
         return Generation(text=response if isinstance(response, str) else "", error=str(error))
     if not isinstance(response, str):
         raise UsageError(f"{where}: 'response' must be a string")
-    probs = _letter_probs(row.get("letter_probs"), where)
+    try:
+        probs = _letter_probs(row.get("letter_probs"))
+    except ValueError as exc:
+        # A bad distribution is this row's fault, like a broken sample: its record says so and the
+        # run goes on (left in, it would crash the metrics of every run that reads it).
+        return Generation(text=response, error=f"replay row {where}: {exc}")
     source = row.get("score_source")
     if probs is None:
         source = None
@@ -108,10 +114,13 @@ def _row_generation(row: dict[str, Any], where: str) -> Generation:
     )
 
 
-def _letter_probs(value: Any, where: str) -> dict[str, float] | None:
+def _letter_probs(value: Any) -> dict[str, float] | None:
+    """The row's distribution, or a ValueError saying why it is not one."""
     if value is None:
         return None
-    bad = UsageError(f"{where}: 'letter_probs' must map option letters to probabilities")
+    bad = ValueError(
+        "'letter_probs' must map option letters (A, B, ...) to probabilities in [0, 1], not all zero"
+    )
     if not isinstance(value, dict) or not value:
         raise bad
     probs: dict[str, float] = {}
@@ -121,4 +130,6 @@ def _letter_probs(value: Any, where: str) -> dict[str, float] | None:
         if not (ok_letter and ok_p):
             raise bad
         probs[letter] = float(p)
+    if sum(probs.values()) <= 0:
+        raise bad
     return probs

@@ -18,10 +18,17 @@ from vlmstress.report import plots
 from vlmstress.report.browser import sample_views
 from vlmstress.report.export import latex_document, markdown_document
 from vlmstress.report.html import render_html
-from vlmstress.report.palette import QUADRANT_COLOURS, QUADRANT_LABELS, QUADRANTS, variant_colours
-from vlmstress.report.runs import Run, load_runs
+from vlmstress.report.palette import (
+    QUADRANT_COLOURS,
+    QUADRANT_LABELS,
+    QUADRANTS,
+    order_variants,
+    variant_colours,
+)
+from vlmstress.report.runs import Run, load_runs, writable
 from vlmstress.report.tables import NULL, all_variants, build_tables
 from vlmstress.runlog import write_atomic
+from vlmstress.usage import check_can_create
 
 
 @dataclass(frozen=True)
@@ -84,17 +91,21 @@ def run_row(run: Run) -> dict[str, Any]:
 def report_context(runs: Sequence[Run]) -> dict[str, Any]:
     """Everything the template shows, as plain values."""
     variants = all_variants(runs)
-    # Variants that only appear in training dynamics still get their own colour.
+    # The browser shows every record; after a resume with fewer --variants, records.jsonl holds
+    # variants that metrics.json (so the tables) no longer lists.
+    browsed = order_variants(variants + [str(rec["variant"]) for r in runs for rec in r.records])
+    # Variants that only appear in training dynamics or records still get their own colour.
     dyn_variants = [str(row.get("variant")) for r in runs for row in r.dynamics if row.get("variant")]
-    colours = variant_colours(variants + [v for v in dyn_variants if v not in variants])
+    colours = variant_colours(order_variants(browsed + dyn_variants))
     tables = build_tables(runs)
-    samples, total = sample_views(runs, variants)
+    samples, total = sample_views(runs, browsed)
     evaluated = [r for r in runs if r.metrics is not None]
     return {
         "title": " · ".join(dict.fromkeys(r.data for r in runs)),
         "runs": runs,
         "run_rows": [run_row(r) for r in runs],
         "variants": variants,
+        "browsed_variants": browsed,
         "colours": colours,
         "tables": {t.key: t for t in tables},
         "figures": {
@@ -120,10 +131,13 @@ def build_report(dirs: list[Path], html: Path | None = None) -> Path:
     out = Path(html) if html is not None else default_html_path(runs)
     if out.suffix.lower() in (".md", ".tex"):
         raise UsageError(f"report: --html {out} would be overwritten by the {out.suffix} tables beside it")
+    if out.is_dir():
+        raise UsageError(f"report: --html {out} is a directory; name the HTML file to write")
+    check_can_create(out.parent, "report: --html")
     out.parent.mkdir(parents=True, exist_ok=True)
     context = report_context(runs)
-    write_atomic(out, render_html(context))
+    write_atomic(out, writable(render_html(context)))
     tables = list(context["tables"].values())  # in the order build_tables made them
-    write_atomic(out.with_suffix(".md"), markdown_document(runs, tables))
-    write_atomic(out.with_suffix(".tex"), latex_document(tables))
+    write_atomic(out.with_suffix(".md"), writable(markdown_document(runs, tables)))
+    write_atomic(out.with_suffix(".tex"), writable(latex_document(tables)))
     return out

@@ -9,6 +9,7 @@ GRPO seed sweep those of its seed-*/ runs) is not a run.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,14 @@ from vlmstress.report.palette import order_variants
 from vlmstress.runlog import RECORDS, read_records
 
 DYNAMICS = "dynamics.jsonl"
+# A lone UTF-16 surrogate (a model that emitted half an emoji, kept by json's \ud83d escape; a file
+# name that is not UTF-8) is a valid Python str but cannot be written as UTF-8 nor drawn by
+# matplotlib; it is shown as U+FFFD instead.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def writable(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,7 @@ def load_runs(dirs: list[Path]) -> list[Run]:
     if not unique:
         raise UsageError("report: give at least one run directory")
     loaded = [_load(d) for d in unique]
-    labels = run_labels([(c, m, d) for d, c, m, _, _ in loaded])
+    labels = [writable(label) for label in run_labels([(c, m, d) for d, c, m, _, _ in loaded])]
     return [
         Run(i, d, labels[i], config, metrics, records, dynamics)
         for i, (d, config, metrics, records, dynamics) in enumerate(loaded)

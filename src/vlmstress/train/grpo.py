@@ -11,9 +11,9 @@ What this module adds around the trainer:
 - the dynamics callback (train/dynamics.py);
 - checkpoints every `save_steps` (safetensors weights; optimizer, scheduler and RNG state as the
   Trainer writes them and reloads them with `weights_only=True`; the training arguments as JSON in
-  place of the Trainer's pickled training_args.bin), and automatic resume from the last one in the
-  output folder; the final policy in `out/final`, loadable as `tiny:out/final` or
-  `hf:out/final`.
+  place of the Trainer's pickled training_args.bin), and automatic resume from the newest complete
+  one in the output folder; one trainer per folder (train_lock); the final policy in `out/final`,
+  loadable as `tiny:out/final` or `hf:out/final`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -260,10 +262,53 @@ class _ResumeKeyWarnings(logging.Filter):
         )
 
 
-def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+def complete_checkpoint(folder: Path) -> bool:
+    """The Trainer writes trainer_state.json last (after weights, optimizer, scheduler and RNG
+    state): a folder without a readable one was cut off by a kill and cannot be resumed from."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and isinstance(state.get("global_step"), int)
+
+
+def last_checkpoint(out: Path, log: Log = lambda _: None) -> str | None:
+    """The newest complete `checkpoint-N` folder in `out`; newer incomplete ones are skipped (and
+    said so), since transformers' get_last_checkpoint would pick them and every rerun would fail."""
+    out = Path(out)
+    if not out.is_dir():
+        return None
+    found = sorted(
+        ((int(m.group(1)), p) for p in out.iterdir() if (m := _CHECKPOINT.fullmatch(p.name)) and p.is_dir()),
+        reverse=True,
+    )
+    for _, folder in found:
+        if complete_checkpoint(folder):
+            return str(folder)
+        log(f"skipping incomplete {folder} (no readable trainer_state.json: the run was killed while saving)")
+    return None
+
+
+@contextmanager
+def train_lock(out: Path) -> Iterator[None]:
+    """One trainer per folder: a second `train grpo` on a held `out` is refused (UsageError) before
+    it loads anything, instead of both rewriting dynamics.jsonl and the checkpoints. An flock, so it
+    dies with its holder. Each launched process locks its own rank's file: a second launch is then
+    refused on every rank, and the ranks of one launch do not refuse each other."""
+    from vlmstress.runlog import flock_or_refuse
+    from vlmstress.shard import rank_from_env
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank = rank_from_env()
+    with (out / (".lock" if rank == 0 else f".lock-rank-{rank}")).open("w") as f:
+        flock_or_refuse(
+            f, f"another vlmstress process is training in {out}; wait for it or use another --out"
+        )
+        yield
 
 
 def train_grpo(
@@ -274,7 +319,8 @@ def train_grpo(
     log: Log = print,
     callbacks: Sequence = (),
 ) -> Path:
-    """One GRPO run (resumed from the last checkpoint in `out` if any); returns the final folder."""
+    """One GRPO run (resumed from the newest complete checkpoint in `out` if any), holding `out`
+    against a second trainer; returns the final folder."""
     import torch
 
     from vlmstress.perturb import TEMPLATES, resolve_variants
@@ -286,10 +332,19 @@ def train_grpo(
     resolve_variants(",".join(cfg.dynamics.variants))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    out.mkdir(parents=True, exist_ok=True)
-    resume = last_checkpoint(out) if cfg.resume else None
+    with train_lock(out):
+        return _train_locked(cfg, seed=seed, out=out, log=log, callbacks=callbacks)
+
+
+def _train_locked(cfg: GRPORunConfig, *, seed: int, out: Path, log: Log, callbacks: Sequence) -> Path:
+    resume = last_checkpoint(out, log) if cfg.resume else None
+    # Said either way: a run that silently started over after a kill looks like a resumed one.
     if resume:
-        log(f"resuming from {resume}")
+        step = json.loads((Path(resume) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+        log(f"step {step}: resuming from {resume}")
+    else:
+        why = "resume is off" if not cfg.resume else f"no complete checkpoint in {out}"
+        log(f"starting from scratch (step 0): {why}")
     trainer, _ = build_trainer(cfg, seed=seed, out=out, log=log, callbacks=callbacks, resume=resume)
     # Launched on several processes, each runs this function; the main one alone writes our files.
     main_process = trainer.is_world_process_zero()
