@@ -125,7 +125,7 @@ class Paired:
     rate_a: float | None
     rate_b: float | None
     runs: int
-    per_run: list[tuple[int | None, float | None]]  # (A's seed, p)
+    per_run: list[tuple[str, int | None, float | None]]  # (A's label, A's seed, p)
 
     @property
     def effect(self) -> float | None:
@@ -144,7 +144,7 @@ def paired(
         oa, ob = outcome(a.records, variant_a), outcome(b.records, variant_b)
         common = [s for s in oa if s in ob]
         xs, ys = [oa[s] for s in common], [ob[s] for s in common]
-        per_run.append((a.seed, mcnemar(xs, ys).p_value))
+        per_run.append((a.label, a.seed, mcnemar(xs, ys).p_value))
         a_all += xs
         b_all += ys
     rate_a = sum(a_all) / len(a_all) if a_all else None
@@ -180,7 +180,10 @@ def _paired_text(t: Paired, name_a: str, name_b: str, what: str = "") -> str:
         + f" ({m.a_only} right only in {name_a}, {m.b_only} only in {name_b})"
     )
     if t.runs > 1:
-        text += "; per seed p: " + ", ".join(f"seed {s}: {fmt_p(p)}" for s, p in t.per_run)
+        named = len({label for label, _, _ in t.per_run}) > 1  # several arms: say whose seed
+        text += "; per seed p: " + ", ".join(
+            f"{label + ' ' if named else ''}seed {s}: {fmt_p(p)}" for label, s, p in t.per_run
+        )
     return text
 
 
@@ -233,7 +236,7 @@ def drop_finding(evaluations: Sequence[EvalRun], variant: str, key: str) -> Find
     sft = _runs(evaluations, SFT)[:1]
     paper = {
         "wrong_think": "a wrong think placed in the model's mouth costs 5 to 40 accuracy points, by model",
-        "wrong_caption": "a misleading caption causes large accuracy drops on every model",
+        "wrong_caption": "a misleading caption in the prompt causes large accuracy drops",
     }[variant]
     missing = (
         None
@@ -303,7 +306,8 @@ def faithfulness_finding(evaluations: Sequence[EvalRun]) -> Finding:
 
     return _paired_finding(
         "2",
-        "RL trades faithfulness for accuracy: CoT consistency falls under GRPO while accuracy rises",
+        "RL trades faithfulness for accuracy: base CoT consistency falls under GRPO (the accuracy side "
+        "is finding 1)",
         "accuracy rises while CoT consistency (judged by an LLM) falls over RL fine-tuning",
         pairs,
         ("base", "base"),
