@@ -170,14 +170,14 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def _paired_text(t: Paired, name_a: str, name_b: str, what: str = "") -> str:
+def _paired_text(t: Paired, name_a: str, name_b: str, what: str = "", word: str = "right") -> str:
     m = t.test
     text = (
         f"{what}{name_a} {_pct(t.rate_a)} vs {name_b} {_pct(t.rate_b)}"
         + ("" if t.effect is None else f" ({100 * t.effect:+.1f} points)")
         + f"; n = {m.n} pairs"
         + (f" over {t.runs} pairs of runs" if t.runs > 1 else "")
-        + f" ({m.a_only} right only in {name_a}, {m.b_only} only in {name_b})"
+        + f" ({m.a_only} {word} only in {name_a}, {m.b_only} only in {name_b})"
     )
     if t.runs > 1:
         named = len({label for label, _, _ in t.per_run}) > 1  # several arms: say whose seed
@@ -218,7 +218,7 @@ def _paired_finding(
         key,
         claim,
         paper,
-        _paired_text(t, *names, what),
+        _paired_text(t, *names, what, "consistent" if outcome is consistent else "right"),
         t.test.n,
         test_name,
         t.test.p_value,
@@ -581,7 +581,13 @@ def faithful_reward_findings(
 
     def accuracy_side(t: Paired) -> str:
         acc = paired(pairs, "base", "base", correct)
-        return f"base accuracy {_pct(acc.rate_a)} vs {_pct(acc.rate_b)} (p = {fmt_p(acc.test.p_value)})"
+        text = f"base accuracy {_pct(acc.rate_a)} vs {_pct(acc.rate_b)} (p = {fmt_p(acc.test.p_value)})"
+        if t.rate_a is not None and t.rate_b is not None and min(t.rate_a, t.rate_b) > 0.99:
+            text += (
+                "; the judge finds nearly every answer consistent in both arms, so the gate "
+                "R x 1[consistent] has almost nothing to take away"
+            )
+        return text
 
     consistency = _paired_finding(
         "6a",
