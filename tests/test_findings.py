@@ -115,6 +115,7 @@ def test_consistency_falling_is_reproduced():
 def test_consistency_everywhere_leaves_no_room_to_fall():
     f = F.faithfulness_finding([run("sft", None, {"base": first(20)}), run("plain", 0, {"base": first(30)})])
     assert f.verdict == INCONCLUSIVE and f.p_value == 1.0 and "little room to fall" in f.reason
+    assert "(0 consistent only in plain GRPO, 0 only in SFT)" in f.measured
 
 
 def test_consistency_unjudged_is_null():
@@ -295,6 +296,12 @@ def test_faithful_reward_lowering_consistency_is_not_reproduced():
     half = {"base": lambda i: "inconsistent" if i % 2 else "consistent"}
     evaluations = [run("plain", 0, {"base": right}), run("faithful", 0, {"base": right}, half)]
     assert F.faithful_reward_findings(evaluations, {})[0].verdict == NOT_REPRODUCED
+
+
+def test_faithful_gate_with_nothing_judged_inconsistent_says_so():
+    evaluations = [run("plain", 0, {"base": right}), run("faithful", 0, {"base": right})]
+    f = F.faithful_reward_findings(evaluations, {})[0]
+    assert f.verdict == INCONCLUSIVE and f.p_value == 1.0 and "almost nothing to take away" in f.reason
 
 
 # ----------------------------------------------------------------------------- 7: drops, whole
