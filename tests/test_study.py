@@ -100,10 +100,15 @@ def test_every_arm_is_trained_its_way_and_evaluated(done, config_file):
     assert result.report == out / "report.html" and "Training dynamics" in html
 
 
+def _tables(text: str) -> str:
+    """study.md above its Findings section: the comparison tables."""
+    return text.split("\n## Findings")[0]
+
+
 def _table(text: str) -> dict[str, list[str]]:
     """The first Markdown table of study.md: row label -> cells (label column excluded)."""
     rows = {}
-    for line in text.split("\n\n| arm |")[0].splitlines():
+    for line in _tables(text).split("\n\n| arm |")[0].splitlines():
         if line.startswith("| ") and not line.startswith("| model"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows[cells[0]] = cells[1:]
@@ -148,7 +153,7 @@ def test_table_rows_are_the_arms_metrics(done):
 
     # Below the table: each arm's base accuracy per seed, with its difference from the SFT model.
     sft_base = 100 * metrics_of("sft")[0]["variants"]["base"]["accuracy"]
-    per_seed = text.split("| arm |")[1].splitlines()[2:]
+    per_seed = [line for line in _tables(text).split("| arm |")[1].splitlines()[2:] if line]
     assert [line.split("|")[1].strip() for line in per_seed] == [a.name for a in ARMS]
     for line, arm in zip(per_seed, ARMS, strict=True):
         for cell, m in zip(line.strip("|").split("|")[1:], metrics_of(arm.name), strict=True):
@@ -157,10 +162,50 @@ def test_table_rows_are_the_arms_metrics(done):
             assert delta == pytest.approx(acc - sft_base, abs=0.11)
 
 
+def test_findings_section_has_a_row_per_finding_with_p_or_a_null_reason(done):
+    """study.md's Findings: at least the six findings of the paper (and the misleading drops), each
+    with a p-value, or null and an 'inconclusive (why)'; findings.json and the report's top say the same."""
+    result, out = done
+    text = (out / "study.md").read_text()
+    section = text.split("\n## Findings\n")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    saved = json.loads((out / study.FINDINGS).read_text())
+    assert len(rows) == len(saved["findings"]) >= 6
+    keys = [r.strip("|").split("|")[0].strip() for r in rows]
+    assert {"1", "2", "3", "4a", "4b", "5a", "5b", "6a", "7a", "7b"} <= set(keys)
+    for row, f in zip(rows, saved["findings"], strict=True):
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        assert len(cells) == 7 and cells[0] == f["key"]
+        p, verdict = cells[5], cells[6]
+        assert verdict.split("**")[1] in ("reproduced", "not reproduced", "inconclusive")
+        if p == "null":
+            assert f["p_value"] is None
+            assert re.fullmatch(r"\*\*inconclusive\*\* \(.+\)", verdict), verdict
+        else:
+            assert 0 <= float(p) <= 1 and f["p_value"] == pytest.approx(float(p), rel=0.05, abs=5e-4)
+    # This study's variants are base and wrong_think: the wrong_caption findings cannot be tested.
+    by_key = {f["key"]: f for f in saved["findings"]}
+    assert by_key["4a"]["p_value"] is None and "wrong_caption not evaluated" in by_key["4a"]["reason"]
+    assert by_key["7a"]["p_value"] is not None and by_key["7a"]["n"] == N
+    # The HTML report shows the same rows, above the runs table.
+    html = result.report.read_text()
+    assert html.index('id="findings"') < html.index('id="runs"')
+    for f in saved["findings"]:
+        assert f'data-finding="{f["key"]}" data-verdict="{f["verdict"]}"' in html
+
+
+def test_a_report_that_is_not_a_studys_has_no_findings(done, tmp_path):
+    from vlmstress.report import build_report
+
+    _, out = done
+    html = build_report([out / "eval" / "sft"], tmp_path / "r.html").read_text()
+    assert 'id="findings"' not in html
+
+
 @pytest.fixture
 def no_report(monkeypatch):
     """The HTML report (matplotlib) is most of a rerun's time, and the first run's test covers it."""
-    monkeypatch.setattr("vlmstress.report.build_report", lambda runs, html: html)
+    monkeypatch.setattr("vlmstress.report.build_report", lambda runs, html, findings=None: html)
 
 
 def test_rerun_resumes_without_training_or_evaluating_again(done, config_file, monkeypatch, no_report):
@@ -279,6 +324,7 @@ def test_table_over_seeds_is_mean_and_half_range(tmp_path):
     assert rows["plain"] == ["0,1", "45.0 ± 5.0", "20.0 ± 10.0", "22.5 ± 2.5", "0.600 ± 0.100", "80.0 ± 10.0"]
     assert rows["augment"] == ["1", "52.0", "40.0", "26.0", "–", "60.0"]
     per_seed = [
-        [c.strip() for c in line.strip("|").split("|")] for line in text.split("| arm |")[1].splitlines()[2:]
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in _tables(text).split("| arm |")[1].splitlines()[2:]
     ]
     assert per_seed == [["plain", "40.0 (-5.0)", "50.0 (+5.0)"], ["augment", "–", "52.0 (+7.0)"]]

@@ -17,7 +17,9 @@ Layout of the output folder DIR:
   study.json                settings that define the trained and evaluated runs (a rerun must match)
   train/ARM/seed-S/         one GRPO run: checkpoints, final/ (the policy), dynamics.jsonl
   eval/sft/, eval/ARM-seed-S/   one evaluation run each (records.jsonl, metrics.json, summary.md)
-  study.md                  the comparison table (also printed)
+  study.md                  the comparison table (also printed), then the Findings section: each of the
+                            paper's claims tested on these runs, with its p-value and verdict
+  findings.json             the same findings, one object each (src/vlmstress/findings.py)
   report.html (.md, .tex)   the HTML report over every evaluation, with each arm's training curves
 
 Resume: a rerun with the same DIR skips the GRPO runs that finished (`trained.json` beside their
@@ -40,6 +42,7 @@ from vlmstress.errors import UsageError
 from vlmstress.metrics import USER_MODE_MARK
 
 if TYPE_CHECKING:
+    from vlmstress.findings import Finding
     from vlmstress.train.config import GRPORunConfig
 
 # The study's default size, to finish within 15 minutes on 2 CPU cores. A GRPO step of the default
@@ -59,6 +62,7 @@ EVAL_BATCH = 64  # the tiny model's evaluation is ~1.6x faster at 64 prompts a b
 # checkout's configs/grpo-tiny.yaml is a link to this file.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "assets" / "configs" / "grpo-tiny.yaml"
 DONE = "trained.json"
+FINDINGS = "findings.json"  # the Findings section's rows, as study.md and report.html show them
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,7 @@ def _run(
     import torch
 
     from vlmstress.data import synth
+    from vlmstress.findings import findings_json
     from vlmstress.report import build_report
     from vlmstress.runlog import write_atomic
 
@@ -276,14 +281,47 @@ def _run(
             evaluations.append(evaluate(arm.name, seed, f"{kind}:{run / 'final'}"))
 
     stage("writing study.md and the HTML report")
-    table = study_markdown(evaluations, variants, settings)
+    found = study_findings(evaluations, out)
+    table = study_markdown(evaluations, variants, settings, found)
     write_atomic(out / "study.md", table)
+    summary = findings_json(found)
+    write_atomic(out / FINDINGS, json.dumps(summary, indent=2))
     # An arm's folder holds its seeds' dynamics.jsonl: the report plots their mean and spread.
     arms = dict.fromkeys(e.label for e in evaluations if e.seed is not None)
     report = build_report(
-        [e.path for e in evaluations] + [out / "train" / a for a in arms], html=out / "report.html"
+        [e.path for e in evaluations] + [out / "train" / a for a in arms],
+        html=out / "report.html",
+        findings=summary,
     )
     return StudyResult(table=table, study_md=out / "study.md", report=report, evaluations=evaluations)
+
+
+def study_findings(evaluations: Sequence[Evaluation], out: Path) -> list[Finding]:
+    """The paper's findings on the study's evaluation records and its arms' dynamics rows (the seeds
+    evaluated here, from train/ARM/seed-S/dynamics.jsonl)."""
+    from vlmstress.findings import EvalRun, compute_findings
+    from vlmstress.runner import RECORDS, read_records
+
+    runs = [EvalRun(e.label, e.seed, read_records(e.path / RECORDS)) for e in evaluations]
+    dynamics: dict[str, list[dict]] = {}
+    for e in evaluations:
+        if e.seed is not None:
+            path = out / "train" / e.label / f"seed-{e.seed}" / "dynamics.jsonl"
+            dynamics.setdefault(e.label, []).extend(_jsonl(path))
+    return compute_findings(runs, dynamics)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON Lines file (none when it is absent); a torn line is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def _train(cfg: GRPORunConfig, seed: int, run: Path, log: Callable[[str], None]) -> None:
@@ -345,11 +383,15 @@ def table_columns(variants: Sequence[str]) -> list[tuple[str, str, str, float, i
 
 
 def study_markdown(
-    evaluations: Sequence[Evaluation], variants: Sequence[str], settings: StudySettings
+    evaluations: Sequence[Evaluation],
+    variants: Sequence[str],
+    settings: StudySettings,
+    findings: Sequence[Finding] = (),
 ) -> str:
     """study.md: a row per model (SFT, then each arm as mean ± spread over its seeds), a column per
     variant's accuracy, then base consistency-adjusted accuracy and entropy, then how often the
-    wrong_think / wrong_caption answers followed the misleading letter; then base accuracy per seed."""
+    wrong_think / wrong_caption answers followed the misleading letter; then base accuracy per seed;
+    then the Findings section, when `findings` are given."""
     groups: dict[str, list[Evaluation]] = {}
     for e in evaluations:
         groups.setdefault(e.label, []).append(e)
@@ -389,6 +431,10 @@ def study_markdown(
             by_seed = {e.seed: _get(e.metrics, "base", "accuracy") for e in group}
             cells = [_with_delta(by_seed.get(s), sft) for s in seeds]
             lines.append("| " + " | ".join([label, *cells]) + " |")
+    if findings:
+        from vlmstress.findings import findings_markdown
+
+        lines += ["", findings_markdown(findings).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

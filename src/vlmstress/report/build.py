@@ -4,7 +4,7 @@ write report.html with report.md and report.tex beside it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,8 +88,9 @@ def run_row(run: Run) -> dict[str, Any]:
     }
 
 
-def report_context(runs: Sequence[Run]) -> dict[str, Any]:
-    """Everything the template shows, as plain values."""
+def report_context(runs: Sequence[Run], findings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the template shows, as plain values. `findings`: a study's findings.json (its
+    Findings section, shown at the top), or None for a report that is not a study's."""
     variants = all_variants(runs)
     # The browser shows every record; after a resume with fewer --variants, records.jsonl holds
     # variants that metrics.json (so the tables) no longer lists.
@@ -119,14 +120,18 @@ def report_context(runs: Sequence[Run]) -> dict[str, Any]:
         "quadrant_choices": [(q, QUADRANT_LABELS[q]) for q in QUADRANTS] + [("error", "error record")],
         "quadrant_colours": QUADRANT_COLOURS,
         "quadrant_labels": QUADRANT_LABELS,
+        "findings": dict(findings) if findings else None,
         "version": __version__,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
-def build_report(dirs: list[Path], html: Path | None = None) -> Path:
+def build_report(
+    dirs: list[Path], html: Path | None = None, findings: Mapping[str, Any] | None = None
+) -> Path:
     """Write the HTML report of the runs in `dirs` (and report.md / report.tex beside it); return
-    the HTML path. Default: `<dir>/report.html` for one run, the runs' common parent for several."""
+    the HTML path. Default: `<dir>/report.html` for one run, the runs' common parent for several.
+    `findings` (a study's findings.json) puts the study's Findings at the top of the page."""
     runs = load_runs([Path(d) for d in dirs])
     out = Path(html) if html is not None else default_html_path(runs)
     if out.suffix.lower() in (".md", ".tex"):
@@ -135,7 +140,7 @@ def build_report(dirs: list[Path], html: Path | None = None) -> Path:
         raise UsageError(f"report: --html {out} is a directory; name the HTML file to write")
     check_can_create(out.parent, "report: --html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    context = report_context(runs)
+    context = report_context(runs, findings)
     write_atomic(out, writable(render_html(context)))
     tables = list(context["tables"].values())  # in the order build_tables made them
     write_atomic(out.with_suffix(".md"), writable(markdown_document(runs, tables)))
