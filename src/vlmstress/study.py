@@ -300,7 +300,7 @@ def study_findings(evaluations: Sequence[Evaluation], out: Path) -> list[Finding
     """The paper's findings on the study's evaluation records and its arms' dynamics rows (the seeds
     evaluated here, from train/ARM/seed-S/dynamics.jsonl)."""
     from vlmstress.findings import EvalRun, compute_findings
-    from vlmstress.runner import RECORDS, read_records
+    from vlmstress.runlog import RECORDS, read_records
 
     runs = [EvalRun(e.label, e.seed, read_records(e.path / RECORDS)) for e in evaluations]
     dynamics: dict[str, list[dict]] = {}
