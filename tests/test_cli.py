@@ -1,3 +1,4 @@
+import itertools
 import json
 import subprocess
 import sys
@@ -94,8 +95,11 @@ def test_demo_no_train_prints_the_study_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     table = (out / "study.md").read_text()
     assert table in printed and f"HTML report: {out / 'report.html'}" in printed
-    rows = [line for line in table.splitlines() if line.startswith("|")]
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))  # the first table
     assert rows[0].startswith("| model | seeds | base acc % |") and len(rows) == 3  # header, rule, sft
+    assert "## Findings" in table  # each finding's row, even where no arm was trained
     assert rows[2].startswith("| sft | – |") and len(rows[2].split("|")) == len(rows[0].split("|"))
     metrics = json.loads((out / "eval" / "sft" / "metrics.json").read_text())
     assert metrics["model"] == "tiny" and metrics["n_samples"] == 3 and len(metrics["variants"]) == 9
