@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--template", default="vlmstress", help="prompt template: vlmstress, mmbench, mme-realworld"
     )
+    e.add_argument(
+        "--system",
+        default=None,
+        metavar="TEXT|@FILE",
+        help="system prompt of every prompt, or @FILE to read it from a file; default: the model's "
+        "documented one (VLAA-Thinker's), else none; '' for none",
+    )
     e.add_argument("--out", default=None, help="run directory (default runs/<model>-<data>)")
     e.add_argument(
         "--model-opt",
@@ -175,6 +182,7 @@ def cmd_eval(args) -> int:
         template=args.template,
         model_options=_model_options(args.model_opt),
         data_dir=args.data_dir,
+        system=_system_text(args.system),
     )
     spec, samples = run.spec, run.samples
     out = Path(args.out or f"runs/{_slug(spec.model)}-{_slug(args.data)}")
@@ -224,6 +232,21 @@ def cmd_eval(args) -> int:
         metrics = run.run(out, progress=True, retry_failed=args.retry_failed).metrics
     _print_summary(out, metrics)
     return 0
+
+
+def _system_text(value: str | None) -> str | None:
+    """--system TEXT as given; --system @FILE the file's text (a trailing newline dropped)."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8").removesuffix("\n")
+    except FileNotFoundError:
+        raise UsageError(f"--system {value}: no such file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--system {value}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"--system {value}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _model_options(pairs: list[str]) -> dict:

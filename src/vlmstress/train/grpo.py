@@ -188,6 +188,7 @@ def build_trainer(
     checkpoint folder the run will resume from (its weights are loaded here, see load_policy)."""
     from transformers import set_seed
 
+    from vlmstress.models.system_prompts import resolve_system
     from vlmstress.train.augment import build_dataset
     from vlmstress.train.data import load_training_samples
     from vlmstress.train.dynamics import DynamicsCallback
@@ -199,7 +200,8 @@ def build_trainer(
     set_seed(seed)
     model, processor = load_policy(cfg.init, cfg.dtype, weights_from=resume)
     samples = load_training_samples(cfg.data, cfg.data_seed, log=log)
-    dataset = build_dataset(samples, seed, cfg.augment.model_dump(), cfg.template)
+    system = resolve_system(cfg.init, cfg.system)
+    dataset = build_dataset(samples, seed, cfg.augment.model_dump(), cfg.template, system)
     counts = Counter(dataset["variant"])
     log(f"{len(dataset)} training prompts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
     dyn = cfg.dynamics
@@ -218,6 +220,7 @@ def build_trainer(
         batch_size=dyn.batch_size,
         max_new_tokens=dyn.max_new_tokens,
         template=cfg.template,
+        system=system,
         at_start=dyn.at_start,
         log=log,
     )
