@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,12 @@ class PreparedEval:
         return model, judges
 
     def run(
-        self, out: str | Path | None, *, progress: bool = False, retry_failed: bool = False
+        self,
+        out: str | Path | None,
+        *,
+        progress: bool = False,
+        retry_failed: bool = False,
+        log: Callable[[str], None] | None = None,
     ) -> EvalResult:
         if out is None:
             model, judges = self.backends(None)
@@ -79,6 +84,7 @@ class PreparedEval:
                 progress=progress,
                 locked=True,
                 retry_failed=retry_failed,
+                log=log,
             )
         return EvalResult(run_records(self.samples, self.spec, out), metrics, out)
 

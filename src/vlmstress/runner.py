@@ -237,12 +237,14 @@ def run_eval(
     on_batch: Callable[[int, float], None] | None = None,
     locked: bool = False,
     retry_failed: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics.
 
     `locked` says the caller already holds `run_lock(out)` (the command line takes it before the
     slow model load, so a second process is refused at once). A resume keeps every record, failed
-    model calls too; `retry_failed` makes those calls again (`drop_failed`).
+    model calls too; `retry_failed` makes those calls again (`drop_failed`). `log` is told how much
+    of the run a resume found done.
     """
     out = Path(out)
     with nullcontext() if locked else run_lock(out):
@@ -264,12 +266,20 @@ def run_eval(
         if retry_failed:
             records = drop_failed(path, records)
         done = {(r["sample_id"], r["variant"]) for r in records}
+        if log is not None and done:
+            log(resumed_line(samples, spec.variants, done))
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done, spec.system)
         write_atomic(out / "config.json", config_text(spec, samples))
         with Log(path) as log:
             log.append(errors)
             _generate_all(model, todo, spec, judges, log, progress, on_batch)
         return finish_run(samples, spec, out)
+
+
+def resumed_line(samples: Sequence[Sample], variants: Sequence[str], done: Iterable[tuple[str, str]]) -> str:
+    """What a rerun says first: how many of this command's records an earlier run already wrote."""
+    wanted = {(s.sample_id, v) for s in samples for v in variants}
+    return f"resumed: {len(wanted & set(done))} of {len(wanted)} records already done"
 
 
 def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
