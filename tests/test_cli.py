@@ -1,5 +1,6 @@
 import itertools
 import json
+import re
 import subprocess
 import sys
 
@@ -104,6 +105,13 @@ def test_demo_no_train_prints_the_study_table(tmp_path, capsys):
     metrics = json.loads((out / "eval" / "sft" / "metrics.json").read_text())
     assert metrics["model"] == "tiny" and metrics["n_samples"] == 3 and len(metrics["variants"]) == 9
     assert (out / "report.html").is_file() and not (out / "train").exists()
+    assert f"evaluating tiny on synth:3 (9 variants) -> {out / 'eval' / 'sft'}" in printed
+    assert re.search(r"^total time \d+:\d\d$", printed.splitlines()[-1])
+    # a rerun names the run it reuses instead of evaluating it again
+    assert main(["demo", "--out", str(out), "--n", "3", "--no-train"]) == 0
+    again = capsys.readouterr().out
+    assert f"reusing {out / 'eval' / 'sft'}: all 27 records of tiny already done" in again
+    assert "evaluating" not in again and again.splitlines()[-1].startswith("total time ")
 
 
 def test_eval_says_when_calls_failed_and_retries_them_when_asked(tmp_path, capsys):
@@ -138,3 +146,40 @@ def test_eval_says_when_calls_failed_and_retries_them_when_asked(tmp_path, capsy
     assert "failed" not in capsys.readouterr().out
     records = read_records(out / "records.jsonl")
     assert len(records) == 3 and all(r["error"] is None and r["correct"] for r in records)
+
+
+def test_eval_rerun_says_how_much_it_resumed_and_report_names_its_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["eval", "--model", "tiny", "--data", "synth:2", "--out", str(out)]
+    assert main([*args, "--variants", "base"]) == 0
+    assert "resumed:" not in capsys.readouterr().out  # a fresh run resumes nothing
+    assert main([*args, "--variants", "base,stop_think"]) == 0
+    assert "resumed: 2 of 4 records already done" in capsys.readouterr().out.splitlines()
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out.strip()
+    html = out / "report.html"
+    assert printed == f"report written to {html}, {out / 'report.md'} and {out / 'report.tex'}"
+    assert all(p.is_file() for p in (html, out / "report.md", out / "report.tex"))
+
+
+def test_every_option_has_help_and_eval_help_lists_the_variants(capsys):
+    import argparse
+
+    from vlmstress.cli import build_parser
+    from vlmstress.perturb import VARIANTS
+
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"demo", "eval", "train", "report", "data"}
+    missing = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if not action.help
+    ]
+    assert missing == []
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert all(name in text for name in VARIANTS) and "wrong_caption_hedge" in text

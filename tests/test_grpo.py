@@ -7,6 +7,7 @@ import json
 import random
 import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -96,8 +97,22 @@ def rows_of(out):
 def full_run(policy_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
     cfg = config(policy_dir, tmp)
-    final = train_grpo(cfg, out=tmp / "run", log=lambda _: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every warning the run gives, once or not
+        final = train_grpo(cfg, out=tmp / "run", log=lambda _: None)
+    full_run_warnings[:] = [f"{w.category.__name__}: {w.message}" for w in caught]
     return cfg, tmp / "run", final
+
+
+full_run_warnings: list[str] = []
+
+
+def test_the_model_card_names_the_base_model_and_known_noise_is_quiet(policy_dir, full_run):
+    _, out, _ = full_run
+    card = (out / "README.md").read_text()
+    assert f"fine-tuned version of [tiny:{policy_dir}]" in card and "[None]" not in card
+    noise = [w for w in full_run_warnings if "pin_memory" in w or "is_gradient_checkpointing" in w]
+    assert noise == []
 
 
 def test_short_run_moves_the_weights_and_writes_dynamics(policy_dir, full_run):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,12 @@ class PreparedEval:
         return model, judges
 
     def run(
-        self, out: str | Path | None, *, progress: bool = False, retry_failed: bool = False
+        self,
+        out: str | Path | None,
+        *,
+        progress: bool = False,
+        retry_failed: bool = False,
+        log: Callable[[str], None] | None = None,
     ) -> EvalResult:
         if out is None:
             model, judges = self.backends(None)
@@ -79,6 +84,7 @@ class PreparedEval:
                 progress=progress,
                 locked=True,
                 retry_failed=retry_failed,
+                log=log,
             )
         return EvalResult(run_records(self.samples, self.spec, out), metrics, out)
 
@@ -102,11 +108,13 @@ def prepare_eval(
     template: str = "vlmstress",
     model_options: dict[str, Any] | None = None,
     data_dir: str | None = None,
+    system: str | None = None,
 ) -> PreparedEval:
     """Check the arguments (a UsageError, which is a ValueError, for a bad value; a TypeError for an
     object of the wrong kind) and load the data; nothing is written, no model loaded."""
     from vlmstress.data.loading import load_data
     from vlmstress.models.registry import check_judge_spec, parse_spec, redact_options, redact_spec
+    from vlmstress.models.system_prompts import resolve_system
     from vlmstress.perturb import TEMPLATES, resolve_variants
 
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("limit", limit)):
@@ -123,6 +131,8 @@ def prepare_eval(
         kind = type(model).__name__
         raise TypeError(f"model must be a SPEC or a VLM (with .name and .generate), got a {kind}")
     options = _check_options(model_options or {})
+    if system is not None and not isinstance(system, str):
+        raise UsageError(f"system must be a str (or None for the model's documented one), got {system!r}")
     if isinstance(judges, str):  # one SPEC, not a sequence of one-letter SPECs
         judges = [judges]
     judge_names = []
@@ -159,6 +169,7 @@ def prepare_eval(
         template=template,
         data_dir=data_dir,
         model_options=redact_options(options),
+        system=resolve_system(model, system),
     )
     return PreparedEval(spec, samples, model, list(judges), options)
 
@@ -209,14 +220,16 @@ def evaluate(
     progress: bool = False,
     data_dir: str | None = None,
     retry_failed: bool = False,
+    system: str | None = None,
 ) -> EvalResult:
     """Evaluate `model` on `data` under `variants`, as `vlmstress eval` does.
 
     model: a model SPEC (`tiny`, `hf:ID`, `openai:MODEL@URL`, ...) or a VLM object. data: a Data
     SPEC (`synth:6`, a benchmark, a file) or a list of Samples. judges: `rule`, model SPECs or Judge
     objects; none gives records without verdicts. model_options go to a SPEC's backend (as
-    `--model-opt`). With `out`, the run is logged there and resumable (a rerun with the same `out`
-    does only what is missing); without, it is held in memory and writes no file.
+    `--model-opt`). system: the system turn of every prompt; None takes the model's documented one
+    (models/system_prompts.py), "" none. With `out`, the run is logged there and resumable (a rerun
+    with the same `out` does only what is missing); without, it is held in memory and writes no file.
     """
     prepared = prepare_eval(
         model,
@@ -230,5 +243,6 @@ def evaluate(
         template=template,
         model_options=model_options,
         data_dir=data_dir,
+        system=system,
     )
     return prepared.run(out, progress=progress, retry_failed=retry_failed)

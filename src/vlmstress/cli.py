@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from vlmstress.errors import UsageError
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     from vlmstress import study
+    from vlmstress.perturb import VARIANTS
 
     d = sub.add_parser(
         "demo",
@@ -101,15 +103,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="tiny | tiny:DIR | hf:ID | vllm:ID | openai:MODEL@URL | replay:FILE"
     )
     e.add_argument("--data", required=True, help="synth[:N] | a benchmark name | a local file")
-    e.add_argument("--variants", default="all")
-    e.add_argument("--judge", nargs="+", default=["rule"], help="rule and/or model SPECs")
-    e.add_argument("--data-dir", default=None)
-    e.add_argument("--limit", type=_positive, default=None)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=_positive, default=16)
-    e.add_argument("--max-new-tokens", type=_positive, default=96)
+    e.add_argument(
+        "--variants",
+        default="all",
+        help=f"all, or a comma list of: {', '.join(VARIANTS)} (and any --include registers)",
+    )
+    e.add_argument(
+        "--judge", nargs="+", default=["rule"], help="consistency judges: rule and/or model SPECs (rule)"
+    )
+    e.add_argument("--data-dir", default=None, help="a local copy of a benchmark, laid out as its hub repo")
+    e.add_argument("--limit", type=_positive, default=None, help="evaluate the first N samples only")
+    e.add_argument("--seed", type=int, default=0, help="seed of the misleading letters and of synth data (0)")
+    e.add_argument("--batch-size", type=_positive, default=16, help="prompts per model call (16)")
+    e.add_argument(
+        "--max-new-tokens",
+        type=_positive,
+        default=96,
+        help="completion budget in tokens; raise it for reasoning models (96)",
+    )
     e.add_argument(
         "--template", default="vlmstress", help="prompt template: vlmstress, mmbench, mme-realworld"
+    )
+    e.add_argument(
+        "--system",
+        default=None,
+        metavar="TEXT|@FILE",
+        help="system prompt of every prompt, or @FILE to read it from a file; default: the model's "
+        "documented one (VLAA-Thinker's), else none; '' for none",
     )
     e.add_argument("--out", default=None, help="run directory (default runs/<model>-<data>)")
     e.add_argument(
@@ -134,11 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     t = sub.add_parser("train", parents=[user_code], help="SFT or GRPO training")
-    t.add_argument("kind", choices=["sft", "grpo"])
-    t.add_argument("--config", required=True)
-    t.add_argument("--max-steps", type=_positive, default=None)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--out", default=None)
+    t.add_argument("kind", choices=["sft", "grpo"], help="sft: the tiny model's recipe; grpo: TRL's GRPO")
+    t.add_argument("--config", required=True, help="the training config (YAML), e.g. configs/grpo-tiny.yaml")
+    t.add_argument("--max-steps", type=_positive, default=None, help="override the config's max_steps")
+    t.add_argument("--seed", type=int, default=None, help="override the config's training seed")
+    t.add_argument("--out", default=None, help="override the config's output folder")
     t.add_argument(
         "--seeds", default=None, help="comma-separated seeds: one GRPO run per seed under OUT/seed-S"
     )
@@ -146,15 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "report", parents=[user_code], help="tables, plots and an HTML report of one or more runs"
     )
-    r.add_argument("dirs", nargs="+")
-    r.add_argument("--html", default=None)
+    r.add_argument("dirs", nargs="+", metavar="DIR", help="run folders (eval runs, GRPO runs, arm folders)")
+    r.add_argument(
+        "--html",
+        default=None,
+        metavar="FILE",
+        help="the HTML page to write; FILE.md and FILE.tex go beside it (default: report.html in the "
+        "run folder, or in the runs' common parent)",
+    )
 
     s = sub.add_parser("data", parents=[user_code], help="write a dataset to disk")
-    s.add_argument("what", choices=["synth"])
-    s.add_argument("--n", type=_positive, required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--split", choices=["train", "test", "val"], default="test")
-    s.add_argument("--out", required=True)
+    s.add_argument("what", choices=["synth"], help="synth: the synthetic benchmark (data.jsonl + PNGs)")
+    s.add_argument("--n", type=_positive, required=True, help="number of samples")
+    s.add_argument("--seed", type=int, default=0, help="generator seed (0)")
+    s.add_argument(
+        "--split", choices=["train", "test", "val"], default="test", help="disjoint streams (test)"
+    )
+    s.add_argument("--out", required=True, help="folder to write (readable by eval --data)")
     return p
 
 
@@ -174,6 +202,7 @@ def cmd_eval(args) -> int:
         template=args.template,
         model_options=_model_options(args.model_opt),
         data_dir=args.data_dir,
+        system=_system_text(args.system),
     )
     spec, samples = run.spec, run.samples
     out = Path(args.out or f"runs/{_slug(spec.model)}-{_slug(args.data)}")
@@ -220,9 +249,24 @@ def cmd_eval(args) -> int:
     from vlmstress.usage import leaves_nothing_on_usage_error
 
     with leaves_nothing_on_usage_error(out):
-        metrics = run.run(out, progress=True, retry_failed=args.retry_failed).metrics
+        metrics = run.run(out, progress=True, retry_failed=args.retry_failed, log=print).metrics
     _print_summary(out, metrics)
     return 0
+
+
+def _system_text(value: str | None) -> str | None:
+    """--system TEXT as given; --system @FILE the file's text (a trailing newline dropped)."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8").removesuffix("\n")
+    except FileNotFoundError:
+        raise UsageError(f"--system {value}: no such file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--system {value}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"--system {value}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _model_options(pairs: list[str]) -> dict:
@@ -257,9 +301,12 @@ def cmd_demo(args) -> int:
         seed=args.seed,
         train=not args.no_train,
     )
+    start = time.monotonic()
     result = run_study(settings)
     print(result.table)
     print(f"study table in {result.study_md}; HTML report: {result.report}")
+    minutes, seconds = divmod(round(time.monotonic() - start), 60)
+    print(f"total time {minutes}:{seconds:02d}")
     return 0
 
 
@@ -282,7 +329,8 @@ def cmd_report(args) -> int:
     from vlmstress.report import build_report
 
     html = build_report([Path(d) for d in args.dirs], html=Path(args.html) if args.html else None)
-    print(f"report written to {html}")
+    # build_report writes the Markdown and LaTeX tables beside the page: name all three
+    print(f"report written to {html}, {html.with_suffix('.md')} and {html.with_suffix('.tex')}")
     return 0
 
 

@@ -7,9 +7,9 @@ crash loses at most the batch in flight and never leaves part of one behind: the
 that batch whole, with the same prompts batched together, and so writes the same bytes an
 uninterrupted run would (batch composition changes padding, and padding changes the floats).
 A lock file keeps a second live process from interleaving records into the same directory, and a
-rerun whose model, model options, data, seed, template, token budget or judges differ from the log's
-is refused. The same engine also runs over an in-memory log (`run_in_memory`) for the Python API.
-The log discipline itself (append, commit, lock, read) is runlog.py. Several processes share one
+rerun whose model, model options, data, seed, template, token budget, judges or system prompt differ
+from the log's is refused. The same engine also runs over an in-memory log (`run_in_memory`) for the
+Python API. The log discipline itself (append, commit, lock, read) is runlog.py. Several processes share one
 run through `run_rank` below, which shard.py launches under torchrun / accelerate (docs/scaling.md).
 See docs/reliability.md.
 """
@@ -31,7 +31,7 @@ from vlmstress.judge.base import Judge, JudgeItem, Verdict
 from vlmstress.metrics import compute_metrics, letter_entropy, p_correct, summary_markdown
 from vlmstress.models.base import VLM, Generation
 from vlmstress.parse import grade_open, parse, think_source
-from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb
+from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb, with_system
 from vlmstress.runlog import (
     RECORDS,
     SHARDS,
@@ -52,7 +52,7 @@ SAMPLE_ERROR = "sample: "
 NOT_APPLICABLE = "not applicable: "
 # What the records of a run depend on: a rerun that changes one of these must not resume the log.
 # (variants and limit may grow on a rerun; batch_size is left free though it moves floats slightly.)
-IDENTITY = ("model", "model_options", "data", "seed", "template", "max_new_tokens", "judges")
+IDENTITY = ("model", "model_options", "data", "seed", "template", "max_new_tokens", "judges", "system")
 
 
 @dataclass
@@ -71,6 +71,7 @@ class RunSpec:
     template: str = "vlmstress"
     data_dir: str | None = None
     model_options: dict = field(default_factory=dict)
+    system: str | None = None  # the system turn of every prompt (models/system_prompts.py)
 
 
 def config_text(spec: RunSpec, samples: Sequence[Sample]) -> str:
@@ -179,9 +180,15 @@ def judge_batch(
 
 
 def plan(
-    samples: Sequence[Sample], variants: Sequence[str], seed: int, template: str, done: set[tuple[str, str]]
+    samples: Sequence[Sample],
+    variants: Sequence[str],
+    seed: int,
+    template: str,
+    done: set[tuple[str, str]],
+    system: str | None = None,
 ) -> tuple[list[tuple[Sample, Prompt]], list[dict]]:
-    """The prompts still to run, and the error records of what cannot run at all."""
+    """The prompts still to run (each with the `system` turn), and the error records of what
+    cannot run at all."""
     todo, errors = [], []
     tpl = TEMPLATES[template]
     for variant in variants:
@@ -192,7 +199,7 @@ def plan(
                 errors.append(error_record(s, variant, f"{SAMPLE_ERROR}{s.error}"))
                 continue
             try:
-                todo.append((s, perturb(s, variant, seed, tpl)))
+                todo.append((s, with_system(perturb(s, variant, seed, tpl), system)))
             except NotApplicable as e:
                 errors.append(error_record(s, variant, f"{NOT_APPLICABLE}{e}"))
     return todo, errors
@@ -230,12 +237,14 @@ def run_eval(
     on_batch: Callable[[int, float], None] | None = None,
     locked: bool = False,
     retry_failed: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics.
 
     `locked` says the caller already holds `run_lock(out)` (the command line takes it before the
     slow model load, so a second process is refused at once). A resume keeps every record, failed
-    model calls too; `retry_failed` makes those calls again (`drop_failed`).
+    model calls too; `retry_failed` makes those calls again (`drop_failed`). `log` is told how much
+    of the run a resume found done.
     """
     out = Path(out)
     with nullcontext() if locked else run_lock(out):
@@ -257,12 +266,20 @@ def run_eval(
         if retry_failed:
             records = drop_failed(path, records)
         done = {(r["sample_id"], r["variant"]) for r in records}
-        todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
+        if log is not None and done:
+            log(resumed_line(samples, spec.variants, done))
+        todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done, spec.system)
         write_atomic(out / "config.json", config_text(spec, samples))
         with Log(path) as log:
             log.append(errors)
             _generate_all(model, todo, spec, judges, log, progress, on_batch)
         return finish_run(samples, spec, out)
+
+
+def resumed_line(samples: Sequence[Sample], variants: Sequence[str], done: Iterable[tuple[str, str]]) -> str:
+    """What a rerun says first: how many of this command's records an earlier run already wrote."""
+    wanted = {(s.sample_id, v) for s in samples for v in variants}
+    return f"resumed: {len(wanted & set(done))} of {len(wanted)} records already done"
 
 
 def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
@@ -301,7 +318,7 @@ def run_in_memory(
     progress: bool = False,
 ) -> tuple[list[dict], dict]:
     """run_eval's engine over a log held in memory: the records and metrics, and no file written."""
-    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, set())
+    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, set(), spec.system)
     log = _MemoryLog()
     log.append(errors)
     _generate_all(model, todo, spec, judges, log, progress, None)
@@ -316,6 +333,8 @@ def check_same_run(out: Path, spec: RunSpec) -> None:
         return
     if not isinstance(before, dict) or not _has_records(out):
         return
+    # A log from before system prompts were recorded was made without one.
+    before.setdefault("system", None)
     changed = [k for k in IDENTITY if k in before and before[k] != getattr(spec, k)]
     if changed:
         raise UsageError(
@@ -479,7 +498,7 @@ def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
     path = out / RECORDS
     existing = {record_key(r) for r in read_records(path)}
     # The order one process resuming this log would write in: its errors first, then its prompts.
-    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, existing)
+    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, existing, spec.system)
     order = [record_key(r) for r in errors] + [(s.sample_id, p.variant) for s, p in todo]
     files = shard_files(out)
     new = merge_records(existing, (read_records(f) for f in files), order)
@@ -522,7 +541,7 @@ def run_rank(
     with rank_lock(out, rank, world):
         done = done_keys(out)
         sync()  # every rank has read what is done before any rank writes more
-        todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done)
+        todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done, spec.system)
         chunks = batches(todo, spec.batch_size)
         # Whole batches of the one-process plan, flattened: _generate_all cuts them back the same way
         # (every batch but the plan's last is full, and the last can only be a rank's last).

@@ -254,6 +254,7 @@ def _run(
     from vlmstress.findings import findings_json
     from vlmstress.report import build_report
     from vlmstress.runlog import write_atomic
+    from vlmstress.runner import done_keys, resumed_line
 
     if base.torch_threads:  # evaluation runs in this process too, before any trainer sets it
         torch.set_num_threads(base.torch_threads)
@@ -266,16 +267,24 @@ def _run(
 
     def evaluate(label: str, seed: int | None, model: str) -> Evaluation:
         path = out / "eval" / (label if seed is None else f"{label}-seed-{seed}")
-        stage(f"evaluating {model} on synth:{settings.n} ({len(variants)} variants) -> {path}")
+        done = done_keys(path) & {(s.sample_id, v) for s in samples for v in variants}
+        wanted = len(samples) * len(variants)
+        if len(done) == wanted:  # a rerun: say it is not evaluated again
+            stage(f"reusing {path}: all {wanted} records of {model} already done")
+        else:
+            resumed = f" ({resumed_line(samples, variants, done)})" if done else ""
+            stage(f"evaluating {model} on synth:{settings.n} ({len(variants)} variants) -> {path}{resumed}")
         return Evaluation(label, seed, path, _evaluate(model, samples, variants, settings, path))
 
     evaluations = [evaluate("sft", None, settings.model)]
     for seed in settings.seeds:  # seed-major: one seed of every arm is a whole comparison early on
         for arm in settings.arms:
             run = out / "train" / arm.name / f"seed-{seed}"
-            if not (run / DONE).exists():
-                if not settings.train:
-                    continue
+            if (run / DONE).exists():
+                stage(f"reusing GRPO arm {arm.name}, seed {seed}: trained in {run}")
+            elif not settings.train:
+                continue
+            else:
                 stage(f"GRPO arm {arm.name}, seed {seed}: {settings.grpo_steps} steps -> {run}")
                 _train(arm_config(base, arm), seed, run, log)
             evaluations.append(evaluate(arm.name, seed, f"{kind}:{run / 'final'}"))

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vlmstress.data.schema import Sample
-from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb
+from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb, with_system
 
 AUGMENT_VARIANTS = ("correct_think", "wrong_think", "correct_caption", "wrong_caption")
 DEFAULT_RATES: dict[str, float] = dict.fromkeys(AUGMENT_VARIANTS, 0.1)
@@ -50,15 +50,21 @@ def choose_variant(sample_id: str, seed: int, rates: Mapping[str, float] = DEFAU
 
 
 def augment(
-    sample: Sample, seed: int, rates: Mapping[str, float] = DEFAULT_RATES, template: str = "vlmstress"
+    sample: Sample,
+    seed: int,
+    rates: Mapping[str, float] = DEFAULT_RATES,
+    template: str = "vlmstress",
+    system: str | None = None,
 ) -> Prompt:
-    """The training prompt of `sample`: its drawn variant, through evaluation's perturbation; a
-    variant that cannot apply (an open-ended sample has no wrong option) falls back to base."""
+    """The training prompt of `sample` (with the `system` turn): its drawn variant, through
+    evaluation's perturbation; a variant that cannot apply (an open-ended sample has no wrong
+    option) falls back to base."""
     variant = choose_variant(sample.sample_id, seed, rates)
     try:
-        return perturb(sample, variant, seed, TEMPLATES[template])
+        prompt = perturb(sample, variant, seed, TEMPLATES[template])
     except NotApplicable:
-        return perturb(sample, "base", seed, TEMPLATES[template])
+        prompt = perturb(sample, "base", seed, TEMPLATES[template])
+    return with_system(prompt, system)
 
 
 def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
@@ -107,6 +113,7 @@ def build_dataset(
     seed: int,
     rates: Mapping[str, float] = DEFAULT_RATES,
     template: str = "vlmstress",
+    system: str | None = None,
 ):
     """A `datasets.Dataset` of augmented training rows, images kept encoded (PNG / source bytes)."""
     import datasets
@@ -123,7 +130,7 @@ def build_dataset(
             "question": datasets.Value("string"),
         }
     )
-    rows = [training_row(s, augment(s, seed, rates, template)) for s in samples]
+    rows = [training_row(s, augment(s, seed, rates, template, system)) for s in samples]
     return datasets.Dataset.from_list(rows, features=features)
 
 

@@ -163,6 +163,9 @@ class GRPORunConfig(Strict):
     resume: bool = True  # continue from the last checkpoint in out, if any
     torch_threads: int | None = Field(default=None, gt=0)
     template: str = "vlmstress"
+    # The system turn of every training and dynamics prompt; None: the init model's documented one
+    # (models/system_prompts.py), "" none. Train with the prompt the model is evaluated with.
+    system: str | None = None
     data: list[DataSource] = Field(default_factory=lambda: [DataSource(source="synth", n=2000)], min_length=1)
     rewards: list[RewardTerm] = Field(
         default_factory=lambda: [RewardTerm(fn="format", weight=0.1), RewardTerm(fn="accuracy", weight=1.0)],

@@ -40,7 +40,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from vlmstress.data.schema import Sample
-from vlmstress.perturb import TEMPLATES, NotApplicable, perturb
+from vlmstress.perturb import TEMPLATES, NotApplicable, perturb, with_system
 from vlmstress.train import sharding
 
 DYNAMICS_FILE = "dynamics.jsonl"
@@ -99,6 +99,7 @@ class DynamicsCallback(TrainerCallback):
         batch_size: int = 16,
         max_new_tokens: int = 96,
         template: str = "vlmstress",
+        system: str | None = None,
         at_start: bool = True,
         log: Callable[[str], None] = print,
     ) -> None:
@@ -113,7 +114,7 @@ class DynamicsCallback(TrainerCallback):
         self.judges = [load_judge(j) for j in judges]
         self.reward_funcs, self.reward_weights = list(reward_funcs), list(reward_weights)
         self.batch_size, self.max_new_tokens, self.template = batch_size, max_new_tokens, template
-        self.at_start, self.log = at_start, log
+        self.system, self.at_start, self.log = system, at_start, log
         self.seconds = 0.0  # wall time spent evaluating, for the eval-share benchmark
         self._done: set[int] = set()
         self._writer = None
@@ -200,6 +201,7 @@ class DynamicsCallback(TrainerCallback):
                 batch_size=self.batch_size,
                 max_new_tokens=self.max_new_tokens,
                 template=self.template,
+                system=self.system,
             )
             metrics = run_eval(policy, self.samples, spec, run_dir, judges=self.judges, progress=False)
         finally:
@@ -244,6 +246,7 @@ class DynamicsCallback(TrainerCallback):
             sample = by_id[r["sample_id"]]
             try:
                 p = perturb(sample, r["variant"], self.data_seed, TEMPLATES[self.template])
+                p = with_system(p, self.system)
             except NotApplicable:
                 continue
             prompts.append(prompt_messages(p))

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -188,10 +189,10 @@ def build_trainer(
     checkpoint folder the run will resume from (its weights are loaded here, see load_policy)."""
     from transformers import set_seed
 
+    from vlmstress.models.system_prompts import resolve_system
     from vlmstress.train.augment import build_dataset
     from vlmstress.train.data import load_training_samples
     from vlmstress.train.dynamics import DynamicsCallback
-    from vlmstress.train.length_groups import LengthGroupedGRPOTrainer
 
     # The cheap checks first (TRL's own included), so a bad setting fails before data and weights load.
     funcs, weights = reward_functions(cfg)
@@ -199,7 +200,8 @@ def build_trainer(
     set_seed(seed)
     model, processor = load_policy(cfg.init, cfg.dtype, weights_from=resume)
     samples = load_training_samples(cfg.data, cfg.data_seed, log=log)
-    dataset = build_dataset(samples, seed, cfg.augment.model_dump(), cfg.template)
+    system = resolve_system(cfg.init, cfg.system)
+    dataset = build_dataset(samples, seed, cfg.augment.model_dump(), cfg.template, system)
     counts = Counter(dataset["variant"])
     log(f"{len(dataset)} training prompts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
     dyn = cfg.dynamics
@@ -218,10 +220,12 @@ def build_trainer(
         batch_size=dyn.batch_size,
         max_new_tokens=dyn.max_new_tokens,
         template=cfg.template,
+        system=system,
         at_start=dyn.at_start,
         log=log,
     )
-    trainer = LengthGroupedGRPOTrainer(
+    trainer = _trainer_class()(
+        base_model=base_model_name(cfg.init),
         model=model,
         reward_funcs=funcs,
         args=args,
@@ -232,6 +236,39 @@ def build_trainer(
     )
     dynamics.trainer = trainer
     return trainer, dynamics
+
+
+def base_model_name(init: str) -> str:
+    """What a run's model card calls its base model: the hub id of `hf:ID`, else the init SPEC."""
+    from vlmstress.models.registry import parse_spec
+
+    kind, target = parse_spec(init)
+    return target if kind == "hf" and target and not Path(target).expanduser().is_dir() else init
+
+
+def _trainer_class() -> type:
+    # Built on first use: importing the trainer imports TRL, which the config checks do not need.
+    from vlmstress.train.length_groups import LengthGroupedGRPOTrainer
+
+    class Trainer(LengthGroupedGRPOTrainer):
+        """Names the base model in the model card (README.md) TRL writes at each checkpoint."""
+
+        def __init__(self, *args: Any, base_model: str, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.base_model = base_model
+
+        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+            # TRL reads the base model from config._name_or_path and drops it when that is a local
+            # folder (the tiny model, tiny:DIR, hf:DIR): the card would say "a fine-tuned version of
+            # [None]". The name is swapped in for the card alone; the config is saved as it was.
+            config = self.model.config
+            path, config._name_or_path = config._name_or_path, self.base_model
+            try:
+                super().create_model_card(*args, **kwargs)
+            finally:
+                config._name_or_path = path
+
+    return Trainer
 
 
 def _args_as_json_callback():
@@ -260,6 +297,17 @@ class _ResumeKeyWarnings(logging.Filter):
         return not record.getMessage().startswith(
             ("There were missing keys in the checkpoint", "There were unexpected keys in the checkpoint")
         )
+
+
+def _quiet_known_noise() -> None:
+    """Silence two warnings every GRPO run repeats that say nothing about the run (a demo printed
+    them ~30 times): the DataLoader's pin_memory default on a machine without an accelerator (it
+    just does not pin), and transformers' deprecation of `is_gradient_checkpointing`, which TRL
+    reads, not our code. Matched by message and category, so any other warning still shows."""
+    warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
 
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -356,7 +404,9 @@ def _train_locked(cfg: GRPORunConfig, *, seed: int, out: Path, log: Log, callbac
     if resume:
         trainer_log.addFilter(quiet)
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        with warnings.catch_warnings():
+            _quiet_known_noise()
+            trainer.train(resume_from_checkpoint=resume)
     finally:
         trainer_log.removeFilter(quiet)
     final, accelerator = out / "final", trainer.accelerator
