@@ -592,3 +592,20 @@ def test_httpx_request_logs_lose_url_credentials(server, caplog):
     assert run(model, prompt())[0].error is None
     assert "HTTP Request" in caplog.text and "127.0.0.1" in caplog.text
     assert "s3cret-pw" not in caplog.text and "alice" not in caplog.text
+
+
+def test_preflight_speaks_of_prefills_only_where_the_run_has_them(server):
+    server.supports_continue = False
+    model = fast_model(server)
+    assert model.preflight(prefilled=False) == []
+    assert "user mode" in model.preflight(prefilled=True)[0]
+
+
+def test_a_server_down_at_the_start_is_said_and_its_prompts_fail():
+    with FakeOpenAIServer() as gone:
+        url = gone.base_url
+    model = OpenAIChatModel("m", url, max_retries=1, backoff=0.01)
+    [warning] = model.preflight()
+    assert warning.startswith("could not probe") and "connection error" in warning
+    gens = run(model, prompt("a"), prompt("b"))
+    assert all(g.error and "not sent" in g.error for g in gens)

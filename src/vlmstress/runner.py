@@ -354,7 +354,7 @@ def preflight(model: VLM, todo: Sequence[tuple[Sample, Prompt]]) -> None:
     `vlmstress` logger, which the command line prints as `vlmstress: warning: ...`."""
     check = getattr(model, "preflight", None)
     if todo and check is not None:
-        for line in check():
+        for line in check(prefilled=any(p.prefill for _, p in todo)):
             logging.getLogger("vlmstress").warning(line)
 
 

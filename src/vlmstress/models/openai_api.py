@@ -431,12 +431,18 @@ class OpenAIChatModel:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai") as pool:
             return list(pool.map(lambda p: self._generate_one(p, max_new_tokens), prompts))
 
-    def preflight(self) -> list[str]:
+    def preflight(self, *, prefilled: bool = True) -> list[str]:
         """Probe the server before a run, and say what it will cost the run's fidelity: one warning
-        line per way this server's answers differ from an in-process model's."""
-        traits = self.probe()
+        line per way this server's answers differ from an in-process model's (`prefilled`: whether
+        the run has prompts with a prefill at all). A server that cannot be probed is said too; its
+        prompts then become error records, which --retry-failed redoes."""
+        try:
+            traits = self.probe()
+        except (RequestRejected, RequestFailed) as exc:
+            where = redact_url(self.base_url)
+            return [f"could not probe {where} ({self._scrub(str(exc))}): its prompts will fail"]
         warnings = []
-        if traits.prefill_mode == "user":
+        if traits.prefill_mode == "user" and prefilled:
             warnings.append(
                 "prefilled variants (wrong_think, stop_think, ...) run in user mode: the prefill is "
                 f"written into the user turn, not the model's own ({traits.notes.get('prefill_mode', '')}); "
