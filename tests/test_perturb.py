@@ -1,6 +1,7 @@
-"""The perturbation suite: each variant's prompt as paper.md describes it, on synthetic samples (reasoning
-and captions from the scene facts) and on plain ones (templated from the option text); the misleading
-letter; purity; templates; the variant registry; where a variant cannot apply."""
+"""The perturbation suite: each variant's prompt as the paper describes it (docs/paper.md), on
+synthetic samples (reasoning and captions from the scene facts) and on plain ones (templated from
+the option text); the misleading letter; purity; templates; the variant registry; where a variant
+cannot apply."""
 
 from __future__ import annotations
 

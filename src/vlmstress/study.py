@@ -1,4 +1,4 @@
-"""The study of paper.md's "RL fine-tuning dynamics" as one command (`vlmstress demo`).
+"""The study of the paper's "RL fine-tuning dynamics" (docs/paper.md) as one command (`vlmstress demo`).
 
 From an SFT model (by default the shipped tiny model, which is the SFT warm start), GRPO arms are
 trained over several seeds; the SFT model and every arm's final policy are evaluated under the

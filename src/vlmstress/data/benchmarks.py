@@ -1,4 +1,4 @@
-"""Loaders for the paper's benchmarks (see /work/shared/benchmarks.md) and their official aggregates.
+"""Loaders for the paper's benchmarks (docs/benchmarks.md) and their official aggregates.
 
 Every benchmark reads either from the hub with `datasets` (which honours HF_HUB_OFFLINE,
 HF_DATASETS_OFFLINE and the local cache) or from `data_dir`, a local copy laid out as the hub
@@ -386,7 +386,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("mmbench", "en/dev-*.parquet (or VLMEvalKit's MMBench_DEV_EN.tsv)", (
             Part(_mmbench, "lmms-lab/MMBench", "en", "dev", ("**/en/dev*.parquet", "**/MMBench_DEV_EN*.tsv")),
         )),
-        # benchmarks.md names the config `mmstar`; the repository has one config, which None selects
+        # the dataset card names the config `mmstar`; the repository has one config, which None selects
         # whatever it is called (as lmms-eval and most users call it).
         Benchmark("mmstar", "mmstar.parquet (or VLMEvalKit's MMStar.tsv)", (
             Part(_mmstar, "Lin-Chen/MMStar", None, "val", ("mmstar.parquet", "**/mmstar*.parquet",

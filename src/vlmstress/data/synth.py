@@ -4,7 +4,7 @@ Scenes are shapes on a 4x4 grid of 16 px cells in a 64 px image, one object per 
 2x2-merged Qwen2.5-VL image token (16 px with patch 8) sees one object. The floor is tinted by
 position (red ramp left->right, blue ramp top->bottom) so every patch carries where it is: the
 Qwen2.5-VL vision tower has only relative (rotary) positions, and a 1M-parameter model did not learn
-absolute position from them in minutes (../shared/tiny-model-notes.md: spatial stayed at chance).
+absolute position from them in minutes (measured here, docs/tiny-model.md: spatial stayed at chance).
 
 Five families mirror the paper's benchmarks:
 - spatial   (WhatsUp, CV-Bench Relation): where is the X relative to the Y?

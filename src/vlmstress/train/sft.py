@@ -1,6 +1,6 @@
 """`vlmstress train sft`: the seeded recipe that teaches the tiny Qwen2.5-VL to see and to reason.
 
-Naive SFT from scratch stays at chance (../shared/tiny-model-notes.md): the model learns the
+Naive SFT from scratch stays at chance (measured on this project: docs/tiny-model.md): the model learns the
 template but neither to see nor to map a value to its option letter. This recipe supervises each
 skill directly before and beside the study's format (docs/tiny-model.md has the measurements):
 - a vision warm-up (`pretrain_vision`) aligning each image token to the words of its cell's object;
@@ -224,7 +224,7 @@ def pretrain_vision(model, processor, pool: list[Sample], cfg: SFTConfig, rng: r
     one); this is ours. Image tokens then already point where the words do, so a question's
     "square" can find the square's token, and a copy head can write its colour, from the start.
     At a few milliseconds a step it teaches in a minute what the language loss alone did not in
-    twenty (../shared/tiny-model-notes.md; our own runs stayed at chance for 2,500 steps without it).
+    twenty (docs/tiny-model.md; our own runs stayed at chance for 2,500 steps without it).
     """
     visual = model.model.visual
     embed = model.get_input_embeddings()
