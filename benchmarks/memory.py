@@ -68,8 +68,10 @@ def write_inputs(folder: Path, n: int, variants: list[str]) -> tuple[Path, Path]
                     f"The red cube sits in the middle; looking left of it I see option {letter}.</think>"
                     f"<answer>{letter}</answer>"
                 )
-                r.write(json.dumps({"sample_id": sid, "variant": v, "response": response,
-                                    "letter_probs": probs}) + "\n")
+                r.write(
+                    json.dumps({"sample_id": sid, "variant": v, "response": response, "letter_probs": probs})
+                    + "\n"
+                )
     return data, replay
 
 
