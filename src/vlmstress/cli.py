@@ -303,12 +303,12 @@ def _slug(text: str) -> str:
 
 def _print_summary(out: Path, metrics: dict) -> None:
     # The Markdown table as is: wide tables wrap badly in a rendered terminal table.
-    from vlmstress.runlog import RECORDS, read_records
+    from vlmstress.runlog import RECORDS, iter_records
     from vlmstress.runner import failed_call
 
     print((out / "summary.md").read_text())
     print(f"records, metrics and summary in {out}")
-    failed = sum(map(failed_call, read_records(out / RECORDS)))
+    failed = sum(map(failed_call, iter_records(out / RECORDS)))
     if failed:
         print(f"{failed} model call(s) failed (their records say why); a rerun with --retry-failed retries")
 

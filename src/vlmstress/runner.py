@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,14 @@ from typing import Any
 from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
 from vlmstress.judge.base import Judge, JudgeItem, Verdict
-from vlmstress.metrics import compute_metrics, letter_entropy, p_correct, summary_markdown
+from vlmstress.metrics import (
+    RecordSummary,
+    compute_metrics,
+    letter_entropy,
+    p_correct,
+    summarize,
+    summary_markdown,
+)
 from vlmstress.models.base import VLM, Generation
 from vlmstress.parse import grade_open, parse, think_source
 from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb
@@ -38,6 +45,7 @@ from vlmstress.runlog import (
     Log,
     commit_path,
     fsync_dir,
+    iter_records,
     rank_lock,
     read_records,
     remove_stale_temps,
@@ -266,8 +274,9 @@ def run_eval(
 
 
 def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
-    """metrics.json and summary.md from the finished records.jsonl; returns the metrics."""
-    metrics = run_metrics(samples, spec, run_records(samples, spec, out))
+    """metrics.json and summary.md from the finished records.jsonl; returns the metrics. The log is
+    read a line at a time and only each record's RecordSummary is kept (run_summaries)."""
+    metrics = run_metrics(samples, spec, run_summaries(samples, spec, out))
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     write_atomic(out / "summary.md", summary_markdown(metrics))
     return metrics
@@ -276,11 +285,22 @@ def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
 def run_records(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[dict]:
     """The records of this command in the log of `out`, in log order: records a wider earlier run
     left there (more variants, a higher limit) stay in the log but describe another command."""
-    wanted = {(s.sample_id, v) for s in samples for v in spec.variants}
-    return [r for r in read_records(out / RECORDS) if (r["sample_id"], r["variant"]) in wanted]
+    return list(_this_command(samples, spec, out))
 
 
-def run_metrics(samples: Sequence[Sample], spec: RunSpec, records: list[dict]) -> dict:
+def run_summaries(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[RecordSummary]:
+    """run_records' records as the compact summaries the metrics read (metrics.RecordSummary)."""
+    strings = {s.sample_id: s.sample_id for s in samples}  # the summaries share the samples' ids
+    return [summarize(r, strings) for r in _this_command(samples, spec, out)]
+
+
+def _this_command(samples: Sequence[Sample], spec: RunSpec, out: Path) -> Iterable[dict]:
+    # (sample, variant) is wanted when both are: no set of every pair is built.
+    ids, variants = {s.sample_id for s in samples}, set(spec.variants)
+    return (r for r in iter_records(out / RECORDS) if r["sample_id"] in ids and r["variant"] in variants)
+
+
+def run_metrics(samples: Sequence[Sample], spec: RunSpec, records: Sequence[Mapping]) -> dict:
     """The metrics.json object of a run's records."""
     metrics = compute_metrics(
         records, model=spec.model, data=spec.data, n_samples=len(samples), seed=spec.seed
@@ -370,11 +390,11 @@ def _generate_all(model, todo, spec, judges, log: Log | _MemoryLog, progress, on
                 on_batch(len(chunk), model_seconds)
 
 
-def family_accuracy(records: list[dict]) -> dict[str, dict[str, dict]]:
+def family_accuracy(records: Sequence[Mapping]) -> dict[str, dict[str, dict]]:
     """Per variant, per task family: n and accuracy (and the most-common-letter baseline)."""
     from collections import Counter, defaultdict
 
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Mapping]] = defaultdict(list)
     for r in records:
         if r.get("error") is None and r.get("family"):
             groups[(r["variant"], r["family"])].append(r)
@@ -389,7 +409,9 @@ def family_accuracy(records: list[dict]) -> dict[str, dict[str, dict]]:
     return dict(out)
 
 
-def official_scores(data: str, samples: Sequence[Sample], records: list[dict]) -> dict[str, dict] | None:
+def official_scores(
+    data: str, samples: Sequence[Sample], records: Sequence[Mapping]
+) -> dict[str, dict] | None:
     """Per variant, a benchmark's official aggregate (CV-Bench's source-weighted mean, MMStar's
     category mean, MMBench / 3DSRBench circular scores) beside the plain accuracy."""
     from vlmstress.data.benchmarks import BENCHMARKS, aggregate
