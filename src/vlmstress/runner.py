@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,24 +187,61 @@ def judge_batch(
     return [[pj[i] for pj in per_judge] for i in range(len(items))]
 
 
+class Todo(Sequence):
+    """The prompts still to run, in plan order, as (Sample, Prompt) pairs made when they are read:
+    the plan itself holds one integer a prompt, so a run never holds more Prompts than the batch
+    in hand (`_generate_all` reads one batch at a time). A slice is a Todo too; `keys()` gives the
+    (sample_id, variant) pairs without building a prompt."""
+
+    def __init__(
+        self, samples: Sequence[Sample], variants: Sequence[str], seed: int, template: str, items: array
+    ) -> None:
+        self.samples, self.variants, self.seed, self.template = samples, variants, seed, template
+        self.items = items  # variant index * len(samples) + sample index, in plan order
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return self.subset(self.items[i])
+        v, s = divmod(self.items[i], len(self.samples))
+        sample = self.samples[s]
+        return sample, perturb(sample, self.variants[v], self.seed, TEMPLATES[self.template])
+
+    def subset(self, items: array) -> Todo:
+        return Todo(self.samples, self.variants, self.seed, self.template, items)
+
+    def keys(self) -> Iterator[Key]:
+        n = len(self.samples)
+        for code in self.items:
+            v, s = divmod(code, n)
+            yield self.samples[s].sample_id, self.variants[v]
+
+
 def plan(
     samples: Sequence[Sample], variants: Sequence[str], seed: int, template: str, done: set[tuple[str, str]]
-) -> tuple[list[tuple[Sample, Prompt]], list[dict]]:
-    """The prompts still to run, and the error records of what cannot run at all."""
-    todo, errors = [], []
+) -> tuple[Todo, list[dict]]:
+    """The prompts still to run (a Todo, in the order: variant by variant, samples in order), and
+    the error records of what cannot run at all. Each prompt is built here once to learn whether
+    its variant applies, then dropped; the Todo builds it again when its batch runs."""
+    items, errors = array("q"), []
     tpl = TEMPLATES[template]
-    for variant in variants:
-        for s in samples:
+    n = len(samples)
+    for v, variant in enumerate(variants):
+        for i, s in enumerate(samples):
             if (s.sample_id, variant) in done:
                 continue
             if s.error:
                 errors.append(error_record(s, variant, f"{SAMPLE_ERROR}{s.error}"))
                 continue
             try:
-                todo.append((s, perturb(s, variant, seed, tpl)))
+                perturb(s, variant, seed, tpl)
             except NotApplicable as e:
                 errors.append(error_record(s, variant, f"{NOT_APPLICABLE}{e}"))
-    return todo, errors
+                continue
+            items.append(v * n + i)
+    return Todo(samples, list(variants), seed, template, items), errors
 
 
 def failed_call(record: dict) -> bool:
@@ -378,7 +416,7 @@ def _generate_all(model, todo, spec, judges, log: Log | _MemoryLog, progress, on
     with Progress(*columns, disable=not progress or not todo, transient=False) as bar:
         task = bar.add_task(f"eval {spec.model}", total=len(todo))
         for start in range(0, len(todo), spec.batch_size):
-            chunk = todo[start : start + spec.batch_size]
+            chunk = list(todo[start : start + spec.batch_size])  # this batch's prompts are built here
             samples, prompts = [c[0] for c in chunk], [c[1] for c in chunk]
             t0 = time.perf_counter()
             gens = model.generate(prompts, max_new_tokens=spec.max_new_tokens)
@@ -388,6 +426,7 @@ def _generate_all(model, todo, spec, judges, log: Log | _MemoryLog, progress, on
             bar.advance(task, len(chunk))
             if on_batch:
                 on_batch(len(chunk), model_seconds)
+            del chunk, samples, prompts, gens, verdicts  # before the next batch's prompts are built
 
 
 def family_accuracy(records: Sequence[Mapping]) -> dict[str, dict[str, dict]]:
@@ -502,7 +541,7 @@ def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
     existing = {record_key(r) for r in read_records(path)}
     # The order one process resuming this log would write in: its errors first, then its prompts.
     todo, errors = plan(samples, spec.variants, spec.seed, spec.template, existing)
-    order = [record_key(r) for r in errors] + [(s.sample_id, p.variant) for s, p in todo]
+    order = [record_key(r) for r in errors] + list(todo.keys())
     files = shard_files(out)
     new = merge_records(existing, (read_records(f) for f in files), order)
     with Log(path) as log:
@@ -548,7 +587,7 @@ def run_rank(
         chunks = batches(todo, spec.batch_size)
         # Whole batches of the one-process plan, flattened: _generate_all cuts them back the same way
         # (every batch but the plan's last is full, and the last can only be a rank's last).
-        mine = [item for j in assign(len(chunks), rank, world) for item in chunks[j]]
+        mine = todo.subset(array("q", (c for j in assign(len(chunks), rank, world) for c in chunks[j].items)))
         with Log(shard_path(out, rank, world)) as log:
             if rank == 0:
                 log.append(errors)
