@@ -58,8 +58,15 @@ class PreparedEval:
         return model, judges
 
     def run(
-        self, out: str | Path | None, *, progress: bool = False, retry_failed: bool = False
+        self,
+        out: str | Path | None,
+        *,
+        progress: bool = False,
+        retry_failed: bool = False,
+        with_records: bool = True,
     ) -> EvalResult:
+        """`with_records=False` (the command line, which reads only the metrics) leaves
+        `EvalResult.records` empty for a run in `out`: they stay in records.jsonl, not in memory."""
         if out is None:
             model, judges = self.backends(None)
             records, metrics = run_in_memory(model, self.samples, self.spec, judges=judges, progress=progress)
@@ -80,7 +87,8 @@ class PreparedEval:
                 locked=True,
                 retry_failed=retry_failed,
             )
-        return EvalResult(run_records(self.samples, self.spec, out), metrics, out)
+        records = run_records(self.samples, self.spec, out) if with_records else []
+        return EvalResult(records, metrics, out)
 
 
 def api_options(spec: str, out: Path | None) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def cmd_eval(args) -> int:
     from vlmstress.usage import leaves_nothing_on_usage_error
 
     with leaves_nothing_on_usage_error(out):
-        metrics = run.run(out, progress=True, retry_failed=args.retry_failed).metrics
+        metrics = run.run(out, progress=True, retry_failed=args.retry_failed, with_records=False).metrics
     _print_summary(out, metrics)
     return 0
 
