@@ -401,3 +401,38 @@ def test_brier_does_not_depend_on_the_hash_seed():
         for seed in range(6)
     }
     assert len(outs) == 1, outs
+
+
+def test_summaries_give_the_metrics_of_the_records_they_summarize() -> None:
+    # finish_run computes metrics.json from RecordSummary objects, not from the records: the same
+    # bytes for every kind of record (several judges, no judge, prefill modes old and new, probs
+    # missing, errors, open-ended, a family).
+    import json
+
+    from vlmstress.metrics import summarize
+
+    base, variant = paired_records()
+    records = [*base, *variant]
+    judges = [{"verdict": "consistent", "supports": "A", "by": "rule"}, {"verdict": "unknown", "by": "llm"}]
+    records.append({**rec("s7", correct=True, answer="A", judges=judges), "judge": judges[0]})
+    records.append({**rec("s8", "wrong_think", correct=False, answer="B"), "judge": None})
+    moved = {**rec("s9", "wrong_think", correct=True, answer="A", probs={"A": 0.5, "B": 0.5})}
+    records.append({**moved, "prefill": "<think>x", "prefill_mode": None, "meta": {"prefill_mode": "user"}})
+    records.append(
+        {**rec("s10", "wrong_think", correct=False, answer=None), "prefill": "<think>", "family": "f"}
+    )
+    records.append({**rec("s11", correct=True, answer=None, target=None), "family": "f"})
+    strings: dict = {}
+    summaries = [summarize(r, strings) for r in records]
+    assert summaries[0]["sample_id"] is summaries[len(base)]["sample_id"]  # shared, not copied
+    assert summaries[-5]["judges"] == [
+        {"by": "rule", "verdict": "consistent"},
+        {"by": "llm", "verdict": "unknown"},
+    ]
+    for kwargs in ({"model": "m", "data": "d", "n_samples": 12, "seed": 3},):
+        assert json.dumps(compute_metrics(summaries, **kwargs)) == json.dumps(
+            compute_metrics(records, **kwargs)
+        )
+    from vlmstress.runner import family_accuracy
+
+    assert family_accuracy(summaries) == family_accuracy(records)

@@ -203,3 +203,48 @@ def test_failed_model_calls_are_kept_on_resume_and_retried_when_asked(tmp_path):
     assert rounded(metrics["variants"]) == rounded(clean["variants"])
     run_eval(model, samples, spec, out, progress=False, retry_failed=True)  # nothing left to retry
     assert len(calls) == 17
+
+
+def test_the_runner_holds_a_batch_of_prompts_and_summaries_of_records(tmp_path, monkeypatch):
+    # Memory flat in N (reliability.md): the plan keeps no Prompts (each batch's are built when it
+    # runs and dropped after), and the metrics are computed from RecordSummary objects read from
+    # the log a line at a time, never from the records. Spies, not RSS: benchmarks/memory.py
+    # prints the figures.
+    import weakref
+
+    import vlmstress.runner as runner
+    from vlmstress.metrics import RecordSummary
+
+    samples = synth.generate(10)
+    live: set[int] = set()
+    real_perturb = runner.perturb
+
+    def counted_perturb(*args, **kwargs):
+        prompt = real_perturb(*args, **kwargs)
+        live.add(id(prompt))
+        weakref.finalize(prompt, live.discard, id(prompt))
+        return prompt
+
+    seen: list[int] = []
+
+    class Watching(ReplayModel):
+        def generate(self, prompts, *, max_new_tokens):
+            seen.append(len(live))
+            return super().generate(prompts, max_new_tokens=max_new_tokens)
+
+    kinds: set[type] = set()
+    real_metrics = runner.compute_metrics
+
+    def watched_metrics(records, **kwargs):
+        records = list(records)
+        kinds.update(type(r) for r in records)
+        return real_metrics(records, **kwargs)
+
+    monkeypatch.setattr(runner, "perturb", counted_perturb)
+    monkeypatch.setattr(runner, "compute_metrics", watched_metrics)
+    spec = RunSpec(model="replay", data="synth:10", variants=VARIANTS, batch_size=4)
+    model = Watching(_replay_file(tmp_path, samples, _follows_text))
+    run_eval(model, samples, spec, tmp_path / "run", judges=[RuleJudge()], progress=False)
+    assert len(seen) == 8  # 30 prompts in batches of 4
+    assert max(seen) <= spec.batch_size, seen
+    assert kinds == {RecordSummary}

@@ -64,7 +64,10 @@ class PreparedEval:
         progress: bool = False,
         retry_failed: bool = False,
         log: Callable[[str], None] | None = None,
+        with_records: bool = True,
     ) -> EvalResult:
+        """`with_records=False` (the command line, which reads only the metrics) leaves
+        `EvalResult.records` empty for a run in `out`: they stay in records.jsonl, not in memory."""
         if out is None:
             model, judges = self.backends(None)
             records, metrics = run_in_memory(model, self.samples, self.spec, judges=judges, progress=progress)
@@ -86,7 +89,8 @@ class PreparedEval:
                 retry_failed=retry_failed,
                 log=log,
             )
-        return EvalResult(run_records(self.samples, self.spec, out), metrics, out)
+        records = run_records(self.samples, self.spec, out) if with_records else []
+        return EvalResult(records, metrics, out)
 
 
 def api_options(spec: str, out: Path | None) -> dict[str, Any]:

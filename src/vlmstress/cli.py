@@ -249,7 +249,9 @@ def cmd_eval(args) -> int:
     from vlmstress.usage import leaves_nothing_on_usage_error
 
     with leaves_nothing_on_usage_error(out):
-        metrics = run.run(out, progress=True, retry_failed=args.retry_failed, log=print).metrics
+        metrics = run.run(
+            out, progress=True, retry_failed=args.retry_failed, log=print, with_records=False
+        ).metrics
     _print_summary(out, metrics)
     return 0
 
@@ -350,12 +352,12 @@ def _slug(text: str) -> str:
 
 def _print_summary(out: Path, metrics: dict) -> None:
     # The Markdown table as is: wide tables wrap badly in a rendered terminal table.
-    from vlmstress.runlog import RECORDS, read_records
+    from vlmstress.runlog import RECORDS, iter_records
     from vlmstress.runner import failed_call
 
     print((out / "summary.md").read_text())
     print(f"records, metrics and summary in {out}")
-    failed = sum(map(failed_call, read_records(out / RECORDS)))
+    failed = sum(map(failed_call, iter_records(out / RECORDS)))
     if failed:
         print(f"{failed} model call(s) failed (their records say why); a rerun with --retry-failed retries")
 

@@ -48,6 +48,86 @@ def p_correct(probs: Mapping[str, float] | None, target: str | None) -> float | 
     return _normalised(probs).get(target, 0.0)
 
 
+# ---------------------------------------------------------------- compact records
+
+
+class RecordSummary(Mapping):
+    """What the metrics read of a record, and nothing else (no response, think, judge reasons or
+    backend meta), held compactly so that a run's metrics need not hold its records.jsonl in memory:
+    about 300 bytes a record instead of several KB. It reads as the record would for every field
+    the metrics (and runner.family_accuracy / official_scores) use: `letter_probs` is rebuilt as the
+    same dict, `judge` as {"verdict": ...}, `judges` as [{"by", "verdict"}, ...], `prefill` as its
+    truth value with `prefill_mode` already resolved (record_prefill_mode). Made by `summarize`."""
+
+    __slots__ = (
+        "sample_id",
+        "variant",
+        "target",
+        "misleading",
+        "answer",
+        "correct",
+        "parsed",
+        "error",
+        "family",
+        "prefill",
+        "prefill_mode",
+        "_probs",
+        "_judge",
+        "_judges",
+    )
+    _PLAIN = frozenset(__slots__[:11])
+    FIELDS = (*__slots__[:11], "letter_probs", "judge", "judges")
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._PLAIN:
+            return getattr(self, key)
+        if key == "letter_probs":
+            probs = self._probs
+            return dict(zip(*probs)) if isinstance(probs, tuple) else probs
+        if key == "judge":
+            judge = self._judge
+            return {"verdict": judge[0]} if isinstance(judge, tuple) else judge
+        if key == "judges":
+            judges = self._judges
+            if isinstance(judges, tuple):
+                return [{"by": by, "verdict": verdict} for by, verdict in judges]
+            return judges
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(self.FIELDS)
+
+    def __len__(self) -> int:
+        return len(self.FIELDS)
+
+
+def summarize(record: Record, strings: dict | None = None) -> RecordSummary:
+    """A record's RecordSummary. `strings` (one dict for a whole run) shares equal strings between
+    summaries: a sample id, a variant, a letter is then held once, not once a record."""
+    memo: dict = {} if strings is None else strings
+
+    def share(value: Any) -> Any:
+        return memo.setdefault(value, value) if isinstance(value, str | tuple) else value
+
+    out = RecordSummary()
+    for name in ("sample_id", "variant", "target", "misleading", "answer", "family"):
+        setattr(out, name, share(record.get(name)))
+    out.correct, out.parsed, out.error = record.get("correct"), record.get("parsed"), record.get("error")
+    out.prefill = bool(record.get("prefill"))
+    out.prefill_mode = share(record_prefill_mode(record))
+    probs = record.get("letter_probs")
+    if isinstance(probs, dict) and all(isinstance(k, str) for k in probs):
+        probs = (share(tuple(probs)), tuple(probs.values()))
+    out._probs = probs
+    judge = record.get("judge")
+    out._judge = (share(judge.get("verdict")),) if isinstance(judge, dict) else judge
+    judges = record.get("judges")
+    if isinstance(judges, list) and all(isinstance(v, dict) and "by" in v and "verdict" in v for v in judges):
+        judges = tuple((share(v["by"]), share(v["verdict"])) for v in judges)
+    out._judges = judges
+    return out
+
+
 # ---------------------------------------------------------------- helpers
 
 

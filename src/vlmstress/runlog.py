@@ -106,6 +106,25 @@ def read_records(path: Path, *, repair: bool = False) -> list[dict]:
     return records
 
 
+def iter_records(path: Path) -> Iterator[dict]:
+    """The records of a run log one at a time, as `read_records(path)` would return them (a torn
+    last line is dropped, a damaged line is a ValueError naming it), holding one line in memory."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                return  # a torn write: only ever the last line
+            # bytes.splitlines also ends a line at a lone \r, as read_records' split does.
+            for part in line.splitlines():
+                if not part.strip():
+                    continue
+                try:
+                    yield json.loads(part)
+                except ValueError as e:
+                    raise ValueError(f"{path} line {number} is not JSON ({e})") from None
+
+
 def commit_path(log: Path) -> Path:
     """The commit file of a log: `.records.commit` beside records.jsonl (COMMIT), and likewise
     `.records.rank0-of2.commit` beside a shard of a sharded run (shard.py)."""
@@ -139,7 +158,7 @@ class Log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.lines = path.read_bytes().count(b"\n") if path.exists() else 0
+        self.lines = _count_lines(path)
 
     def __enter__(self) -> Log:
         self.file = self.path.open("a", encoding="utf-8")
@@ -161,6 +180,17 @@ class Log:
         os.fsync(self.file.fileno())
         size = os.fstat(self.file.fileno()).st_size
         write_atomic(commit_path(self.path), json.dumps({"bytes": size, "lines": self.lines}))
+
+
+def _count_lines(path: Path) -> int:
+    """The newlines in a file, read a MiB at a time (a resumed log may be large)."""
+    if not path.exists():
+        return 0
+    lines = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return lines
 
 
 def parse_shard_name(name: str) -> tuple[int, int] | None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,14 @@ from typing import Any
 from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
 from vlmstress.judge.base import Judge, JudgeItem, Verdict
-from vlmstress.metrics import compute_metrics, letter_entropy, p_correct, summary_markdown
+from vlmstress.metrics import (
+    RecordSummary,
+    compute_metrics,
+    letter_entropy,
+    p_correct,
+    summarize,
+    summary_markdown,
+)
 from vlmstress.models.base import VLM, Generation
 from vlmstress.parse import grade_open, parse, think_source
 from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb, with_system
@@ -38,6 +46,7 @@ from vlmstress.runlog import (
     Log,
     commit_path,
     fsync_dir,
+    iter_records,
     rank_lock,
     read_records,
     remove_stale_temps,
@@ -179,6 +188,54 @@ def judge_batch(
     return [[pj[i] for pj in per_judge] for i in range(len(items))]
 
 
+class Todo(Sequence):
+    """The prompts still to run, in plan order, as (Sample, Prompt) pairs made when they are read:
+    the plan itself holds one integer a prompt, so a run never holds more Prompts than the batch
+    in hand (`_generate_all` reads one batch at a time). A slice is a Todo too; `keys()` gives the
+    (sample_id, variant) pairs without building a prompt."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        variants: Sequence[str],
+        seed: int,
+        template: str,
+        items: array,
+        system: str | None = None,
+    ) -> None:
+        self.samples, self.variants, self.seed, self.template = samples, variants, seed, template
+        self.items = items  # variant index * len(samples) + sample index, in plan order
+        self.system = system
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return self.subset(self.items[i])
+        v, s = divmod(self.items[i], len(self.samples))
+        sample = self.samples[s]
+        prompt = perturb(sample, self.variants[v], self.seed, TEMPLATES[self.template])
+        return sample, with_system(prompt, self.system)
+
+    def subset(self, items: array) -> Todo:
+        return Todo(self.samples, self.variants, self.seed, self.template, items, self.system)
+
+    def prefilled(self) -> bool:
+        """Whether any prompt to run has a prefill: one prompt built per variant (a variant's
+        prefill is part of what it is), not the whole plan."""
+        first: dict[int, int] = {}
+        for i, code in enumerate(self.items):
+            first.setdefault(code // len(self.samples), i)
+        return any(self[i][1].prefill for i in first.values())
+
+    def keys(self) -> Iterator[Key]:
+        n = len(self.samples)
+        for code in self.items:
+            v, s = divmod(code, n)
+            yield self.samples[s].sample_id, self.variants[v]
+
+
 def plan(
     samples: Sequence[Sample],
     variants: Sequence[str],
@@ -186,23 +243,28 @@ def plan(
     template: str,
     done: set[tuple[str, str]],
     system: str | None = None,
-) -> tuple[list[tuple[Sample, Prompt]], list[dict]]:
-    """The prompts still to run (each with the `system` turn), and the error records of what
-    cannot run at all."""
-    todo, errors = [], []
+) -> tuple[Todo, list[dict]]:
+    """The prompts still to run (a Todo, in the order: variant by variant, samples in order; each
+    prompt with the `system` turn), and the error records of what cannot run at all. Each prompt is
+    built here once to learn whether its variant applies, then dropped; the Todo builds it again
+    when its batch runs."""
+    items, errors = array("q"), []
     tpl = TEMPLATES[template]
-    for variant in variants:
-        for s in samples:
+    n = len(samples)
+    for v, variant in enumerate(variants):
+        for i, s in enumerate(samples):
             if (s.sample_id, variant) in done:
                 continue
             if s.error:
                 errors.append(error_record(s, variant, f"{SAMPLE_ERROR}{s.error}"))
                 continue
             try:
-                todo.append((s, with_system(perturb(s, variant, seed, tpl), system)))
+                perturb(s, variant, seed, tpl)
             except NotApplicable as e:
                 errors.append(error_record(s, variant, f"{NOT_APPLICABLE}{e}"))
-    return todo, errors
+                continue
+            items.append(v * n + i)
+    return Todo(samples, list(variants), seed, template, items, system), errors
 
 
 def failed_call(record: dict) -> bool:
@@ -283,8 +345,9 @@ def resumed_line(samples: Sequence[Sample], variants: Sequence[str], done: Itera
 
 
 def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
-    """metrics.json and summary.md from the finished records.jsonl; returns the metrics."""
-    metrics = run_metrics(samples, spec, run_records(samples, spec, out))
+    """metrics.json and summary.md from the finished records.jsonl; returns the metrics. The log is
+    read a line at a time and only each record's RecordSummary is kept (run_summaries)."""
+    metrics = run_metrics(samples, spec, run_summaries(samples, spec, out))
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     write_atomic(out / "summary.md", summary_markdown(metrics))
     return metrics
@@ -293,11 +356,22 @@ def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
 def run_records(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[dict]:
     """The records of this command in the log of `out`, in log order: records a wider earlier run
     left there (more variants, a higher limit) stay in the log but describe another command."""
-    wanted = {(s.sample_id, v) for s in samples for v in spec.variants}
-    return [r for r in read_records(out / RECORDS) if (r["sample_id"], r["variant"]) in wanted]
+    return list(_this_command(samples, spec, out))
 
 
-def run_metrics(samples: Sequence[Sample], spec: RunSpec, records: list[dict]) -> dict:
+def run_summaries(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[RecordSummary]:
+    """run_records' records as the compact summaries the metrics read (metrics.RecordSummary)."""
+    strings = {s.sample_id: s.sample_id for s in samples}  # the summaries share the samples' ids
+    return [summarize(r, strings) for r in _this_command(samples, spec, out)]
+
+
+def _this_command(samples: Sequence[Sample], spec: RunSpec, out: Path) -> Iterable[dict]:
+    # (sample, variant) is wanted when both are: no set of every pair is built.
+    ids, variants = {s.sample_id for s in samples}, set(spec.variants)
+    return (r for r in iter_records(out / RECORDS) if r["sample_id"] in ids and r["variant"] in variants)
+
+
+def run_metrics(samples: Sequence[Sample], spec: RunSpec, records: Sequence[Mapping]) -> dict:
     """The metrics.json object of a run's records."""
     metrics = compute_metrics(
         records, model=spec.model, data=spec.data, n_samples=len(samples), seed=spec.seed
@@ -348,13 +422,13 @@ def _has_records(out: Path) -> bool:
     return any(p.exists() and p.stat().st_size for p in (out / RECORDS, *shard_files(out)))
 
 
-def preflight(model: VLM, todo: Sequence[tuple[Sample, Prompt]]) -> None:
+def preflight(model: VLM, todo: Todo) -> None:
     """Before the first prompt, a backend that can (a server) says what it will cost this run's
     fidelity (prefills in the user turn, no letter probabilities): one warning line each, on the
     `vlmstress` logger, which the command line prints as `vlmstress: warning: ...`."""
     check = getattr(model, "preflight", None)
     if todo and check is not None:
-        for line in check(prefilled=any(p.prefill for _, p in todo)):
+        for line in check(prefilled=todo.prefilled()):
             logging.getLogger("vlmstress").warning(line)
 
 
@@ -377,7 +451,7 @@ def _generate_all(model, todo, spec, judges, log: Log | _MemoryLog, progress, on
     with Progress(*columns, disable=not progress or not todo, transient=False) as bar:
         task = bar.add_task(f"eval {spec.model}", total=len(todo))
         for start in range(0, len(todo), spec.batch_size):
-            chunk = todo[start : start + spec.batch_size]
+            chunk = list(todo[start : start + spec.batch_size])  # this batch's prompts are built here
             samples, prompts = [c[0] for c in chunk], [c[1] for c in chunk]
             t0 = time.perf_counter()
             gens = model.generate(prompts, max_new_tokens=spec.max_new_tokens)
@@ -387,13 +461,14 @@ def _generate_all(model, todo, spec, judges, log: Log | _MemoryLog, progress, on
             bar.advance(task, len(chunk))
             if on_batch:
                 on_batch(len(chunk), model_seconds)
+            del chunk, samples, prompts, gens, verdicts  # before the next batch's prompts are built
 
 
-def family_accuracy(records: list[dict]) -> dict[str, dict[str, dict]]:
+def family_accuracy(records: Sequence[Mapping]) -> dict[str, dict[str, dict]]:
     """Per variant, per task family: n and accuracy (and the most-common-letter baseline)."""
     from collections import Counter, defaultdict
 
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Mapping]] = defaultdict(list)
     for r in records:
         if r.get("error") is None and r.get("family"):
             groups[(r["variant"], r["family"])].append(r)
@@ -408,7 +483,9 @@ def family_accuracy(records: list[dict]) -> dict[str, dict[str, dict]]:
     return dict(out)
 
 
-def official_scores(data: str, samples: Sequence[Sample], records: list[dict]) -> dict[str, dict] | None:
+def official_scores(
+    data: str, samples: Sequence[Sample], records: Sequence[Mapping]
+) -> dict[str, dict] | None:
     """Per variant, a benchmark's official aggregate (CV-Bench's source-weighted mean, MMStar's
     category mean, MMBench / 3DSRBench circular scores) beside the plain accuracy."""
     from vlmstress.data.benchmarks import BENCHMARKS, aggregate
@@ -499,7 +576,7 @@ def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
     existing = {record_key(r) for r in read_records(path)}
     # The order one process resuming this log would write in: its errors first, then its prompts.
     todo, errors = plan(samples, spec.variants, spec.seed, spec.template, existing, spec.system)
-    order = [record_key(r) for r in errors] + [(s.sample_id, p.variant) for s, p in todo]
+    order = [record_key(r) for r in errors] + list(todo.keys())
     files = shard_files(out)
     new = merge_records(existing, (read_records(f) for f in files), order)
     with Log(path) as log:
@@ -545,7 +622,7 @@ def run_rank(
         chunks = batches(todo, spec.batch_size)
         # Whole batches of the one-process plan, flattened: _generate_all cuts them back the same way
         # (every batch but the plan's last is full, and the last can only be a rank's last).
-        mine = [item for j in assign(len(chunks), rank, world) for item in chunks[j]]
+        mine = todo.subset(array("q", (c for j in assign(len(chunks), rank, world) for c in chunks[j].items)))
         with Log(shard_path(out, rank, world)) as log:
             if rank == 0:
                 log.append(errors)

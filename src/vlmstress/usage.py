@@ -30,11 +30,11 @@ def check_model(spec: str, options: dict[str, Any]) -> None:
     if target is not None and kind in ("tiny", "hf"):
         _check_local_checkpoint(kind, target)
     if kind == "replay":
-        from vlmstress.models.replay import load_replay
+        from vlmstress.models.replay import index_replay
 
         if options:
             raise UsageError(f"replay models take no options (got {', '.join(sorted(options))})")
-        load_replay(Path(target or ""))  # missing, unreadable, invalid or empty: refused now
+        index_replay(Path(target or ""))  # missing, unreadable, invalid or empty: refused now
     elif kind == "vllm" and importlib.util.find_spec("vllm") is None:
         raise UsageError("vllm: SPECs need vLLM installed: pip install 'vlmstress[vllm]'")
     elif kind == "openai":
