@@ -2,7 +2,6 @@
 and GRPO rewards named by a registry (register_reward) or as module:function."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,24 +33,21 @@ def registries():
             del sys.modules[name]
 
 
-def vlmstress_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "vlmstress", *args], capture_output=True, text=True, cwd=cwd)
-
-
-def test_user_variant_from_examples_runs_from_the_command_line(tmp_path):
+def test_user_variant_from_examples_runs_from_the_command_line(tmp_path, capsys, registries):
+    # In this process (the command line's own main), so the registries can be put back after it.
     out = tmp_path / "run"
     args = ["eval", "--model", "tiny", "--data", "synth:3", "--variants", "base,peer_pressure"]
-    res = vlmstress_cli(*args, "--out", str(out), "--include", str(EXAMPLES / "my_variant.py"))
-    assert res.returncode == 0, res.stderr
+    # Without the file the name is unknown: one line, exit 2, nothing created.
+    assert main([*args, "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown variant(s) peer_pressure" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
+    assert main([*args, "--out", str(out), "--include", str(EXAMPLES / "my_variant.py")]) == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     pressured = [r for r in records if r["variant"] == "peer_pressure"]
     assert len(pressured) == 3 and all(r["misleading"] and r["error"] is None for r in pressured)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["variants"]["peer_pressure"]["followed_misleading"] is not None
-    # Without the file the name is unknown: one line, exit 2, nothing created.
-    res = vlmstress_cli(*args, "--out", str(tmp_path / "none"))
-    assert res.returncode == 2 and "unknown variant(s) peer_pressure" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
 
 
 def test_the_example_variant_argues_for_the_misleading_letter(registries):
@@ -112,18 +108,18 @@ def write_grpo_config(tmp_path, **overrides) -> Path:
     return path
 
 
-def test_user_reward_is_named_in_a_grpo_config_from_the_command_line(tmp_path):
+def test_user_reward_is_named_in_a_grpo_config_from_the_command_line(tmp_path, capsys, registries):
     # `template: nosuch` makes train_grpo stop at its own first check, after the config (and its
     # rewards) validated and before any model loads: the command line, without a training run.
     cfg = write_grpo_config(
         tmp_path, template="nosuch", dynamics={"variants": ["base", "peer_pressure"]}, out=str(tmp_path / "o")
     )
+    assert main(["train", "grpo", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "unknown reward 'concise'" in err
     include = ["--include", str(EXAMPLES / "my_reward.py"), "--include", str(EXAMPLES / "my_variant.py")]
-    res = vlmstress_cli("train", "grpo", "--config", str(cfg), *include)
-    assert res.returncode == 2 and "unknown template 'nosuch'" in res.stderr, res.stderr
-    res = vlmstress_cli("train", "grpo", "--config", str(cfg))
-    assert res.returncode == 2, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and "unknown reward 'concise'" in res.stderr
+    assert main(["train", "grpo", "--config", str(cfg), *include]) == 2
+    assert "unknown template 'nosuch'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
