@@ -60,8 +60,9 @@ _MODE_ALIASES = {"continue": "assistant"}
 ANSWER_OPEN = "<answer>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-# Where servers put the reasoning they split off the content: vLLM >= 0.9 and OpenRouter `reasoning`,
-# vLLM before it, SGLang, transformers serve, llama.cpp and DeepSeek's API `reasoning_content`.
+# Where servers put the reasoning they split off the content: vLLM since early 2026, Ollama and
+# OpenRouter `reasoning`; earlier vLLM, SGLang, transformers serve, llama.cpp, DeepSeek's API
+# `reasoning_content`.
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 # A server asking for a longer pause than this is treated as if it asked for this much: a run should
 # slow down under rate limits, not stall for an hour on one header.
