@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
@@ -52,9 +52,8 @@ class _RedactURLCredentials(logging.Filter):
 for _name in ("httpx", "httpx2"):
     logging.getLogger(_name).addFilter(_RedactURLCredentials())
 
-PrefillMode = Literal["auto", "assistant", "user"]
 PREFILL_MODES: tuple[str, ...] = ("auto", "assistant", "user")
-# Earlier releases called the assistant mode `continue` (in options and in the mode cache).
+# Earlier releases called the assistant mode `continue`.
 _MODE_ALIASES = {"continue": "assistant"}
 
 ANSWER_OPEN = "<answer>"
@@ -67,8 +66,6 @@ REASONING_FIELDS = ("reasoning_content", "reasoning")
 # A server asking for a longer pause than this is treated as if it asked for this much: a run should
 # slow down under rate limits, not stall for an hour on one header.
 MAX_WAIT = 120.0
-# vLLM refuses an unknown request field with 400, FastAPI-style servers with 422.
-_REJECTED = (400, 422)
 _RETRYABLE = (408, 409, 429)
 _VLLM_EXTRAS = ("continue_final_message", "add_generation_prompt")
 # A token that is one option letter, possibly wrapped as "(B", " B)", "**B**" or ">B" (the last when a
@@ -529,9 +526,7 @@ class OpenAIChatModel:
         flags = {"continue_final_message": True, "add_generation_prompt": False}
         try:
             continued = self._request({**base, "messages": [user, prefill], **asked, **flags})
-        except RequestRejected as exc:
-            if exc.status >= 500 or exc.status in _RETRYABLE:
-                raise
+        except RequestRejected as exc:  # a 4xx: the plain request above passed, so it is the fields
             continued, refusal = None, f"it refused continue_final_message: {exc}"
         finished = self._request({**base, "messages": [user, prefill], **asked})
         u, a, b = _prompt_tokens(alone), _prompt_tokens(continued), _prompt_tokens(finished)
