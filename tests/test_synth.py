@@ -157,8 +157,10 @@ def test_facts_agree_with_the_drawn_image(samples):
         assert len(set(cells)) == len(cells), "two objects share a cell"
         assert all(0 <= r < 4 and 0 <= c < 4 for r, c in cells)
         px = s.image.load()
-        for o, (dx, dy) in zip(objects, jitter):
-            colour = synth.COLOURS[o["colour"]]
+        drawn = s.facts.get("drawn")
+        fills = {drawn["object"]: tuple(drawn["rgb"])} if drawn else None
+        for i, (o, (dx, dy)) in enumerate(zip(objects, jitter)):
+            colour = (fills or {}).get(i) or synth.COLOURS[o["colour"]]
             cx, cy = o["col"] * 16 + 8 + dx, o["row"] * 16 + 8 + dy
             r = synth.RADIUS[o["size"]]
             assert px[cx, cy] == colour, (s.sample_id, o)
@@ -182,7 +184,7 @@ def test_facts_agree_with_the_drawn_image(samples):
                     assert px[col * 16 + 8, row * 16 + 8] not in synth.COLOURS.values()
                     floor_checked += 1
         # and the facts redraw exactly this image
-        redrawn = synth.draw([synth.Obj(**o) for o in objects], [tuple(j) for j in jitter])
+        redrawn = synth.draw([synth.Obj(**o) for o in objects], [tuple(j) for j in jitter], fills)
         assert redrawn.tobytes() == s.image.tobytes()
     assert shapes_checked > 400 and sized > 450 and floor_checked > 1000
 
@@ -239,11 +241,20 @@ def test_twohop_answer_is_the_colour_of_the_only_shape_on_that_side(samples):
 
 
 def test_think_text_ends_with_the_option_line_for_every_letter(samples):
+    """Each reasoning restates the option it reads as the prompt lists it; a hard sample's correct
+    reasoning restates both options the image leaves open, and no answer statement."""
     for s in samples[:50]:
         for letter in LETTERS:
             think = synth.think_text(s, letter)
-            assert think.endswith(f"The answer is:\n{letter}. {s.option_text(letter)}")
-            assert think.count("The answer is") == 1
+            line = f"{letter}. {s.option_text(letter)}"
+            if s.facts["difficulty"] == "hard" and letter == s.target:
+                other = LETTERS[s.options.index(s.facts["confuser"])]
+                pair = [line, f"{other}. {s.facts['confuser']}"]
+                lines = "\n".join(reversed(pair) if s.facts["confuser_first"] else pair)
+                assert think.endswith(f" It is one of:\n{lines}") and "answer" not in think
+            else:
+                assert think.endswith(f"The answer is:\n{line}")
+                assert think.count("The answer is") == 1
 
 
 def test_target_reasoning_states_the_true_positions(samples):
@@ -257,7 +268,7 @@ def test_target_reasoning_states_the_true_positions(samples):
             o = _one(s.facts["objects"], shape)
             assert (int(row), int(col)) == (o["row"] + 1, o["col"] + 1), think
             located += 1
-        value = s.option_text(s.target)
+        value = synth.read_value(s.facts, s.option_text(s.target), hedge=True)
         if s.family == "spatial":
             assert f"So the {s.facts['subject']} is {value} the {s.facts['anchor']}." in think
         if s.family in ("attribute", "twohop"):
@@ -325,7 +336,80 @@ def test_caption_states_the_facts_without_a_letter(samples):
             assert "answer" not in caption.lower()
             assert not re.search(r"\b[A-E]\b", caption), caption
             assert not caption.endswith(f"{letter}. {value}")
-            assert synth.think_text(s, letter).startswith(caption)
+            think = synth.think_text(s, letter)
+            if s.facts["difficulty"] == "hard" and letter == s.target:
+                # the caption states the truth plainly; the model's own reasoning reads the pair
+                pair = synth.read_value(s.facts, value, hedge=True)
+                plain = caption.replace(f" {value} ", f" {pair} ").replace(f" {value}.", f" {pair}.")
+                assert pair != value and think.startswith(plain + " It is one of:")
+            else:
+                assert think.startswith(caption)
+
+
+def test_difficulty_axis(samples):
+    """A third of the count, attribute and two-hop samples are hard, none of the others; a hard
+    sample's decisive object is drawn mixed toward its confuser (an option, never the target), and
+    its correct reasoning reads the pair in the sample's own order."""
+    hard = [s for s in samples if s.facts["difficulty"] == "hard"]
+    assert {s.family for s in hard} == set(synth.HARD_FAMILIES)
+    in_families = [s for s in samples if s.family in synth.HARD_FAMILIES]
+    assert 0.2 < len(hard) / len(in_families) < 0.47
+    assert all(s.facts["difficulty"] == "easy" for s in samples if s.family not in synth.HARD_FAMILIES)
+    first = 0
+    for s in hard:
+        f = s.facts
+        assert f["confuser"] in s.options and f["confuser"] != s.option_text(s.target)
+        o = f["objects"][f["drawn"]["object"]]
+        true_rgb = synth.COLOURS[o["colour"]]
+        if s.family == "count":
+            assert o["shape"] == f["subject"] and f["confuser"] == str(int(f["value"]) - 1)
+            lo, hi = synth.FAINT_BLEND
+        else:
+            assert f["confuser"] in synth.COLOURS
+            lo, hi = synth.COLOUR_BLEND
+            toward = synth.COLOURS[f["confuser"]]
+            expected = synth.blend(true_rgb, toward, f["blend"])
+            assert all(abs(a - b) <= 1 for a, b in zip(f["drawn"]["rgb"], expected))
+        assert lo <= f["blend"] <= hi
+        pair = synth.read_value(f, s.option_text(s.target), hedge=True)
+        assert pair == " or ".join(
+            (f["confuser"], f["value"]) if f["confuser_first"] else (f["value"], f["confuser"])
+        )
+        first += f["confuser_first"]
+    assert 0 < first < len(hard)  # the order says nothing of which value is right
+
+
+# Scenes of test samples 3 (easy) and 8 (hard), as the generator drew them before the difficulty
+# axis existed.
+PINNED_SCENES = {
+    3: [
+        ("diamond", "green", 2, 2),
+        ("circle", "yellow", 0, 3),
+        ("triangle", "blue", 1, 2),
+        ("square", "white", 3, 2),
+    ],
+    8: [
+        ("square", "white", 1, 3),
+        ("diamond", "blue", 0, 0),
+        ("triangle", "blue", 2, 1),
+        ("circle", "yellow", 3, 3),
+    ],
+}
+
+
+def test_the_difficulty_draw_keeps_every_scene():
+    """The hard draw comes after the scene's: a sample's objects are those it had before the axis
+    existed, hard or easy; only a hard sample's drawn colour (and a count's confuser option) differ."""
+    for i, scene in PINNED_SCENES.items():
+        s = synth.make_sample(i, 0, "test")
+        assert [(o["shape"], o["colour"], o["row"], o["col"]) for o in s.facts["objects"]] == scene
+    assert (
+        synth.make_sample(3, 0, "test").facts["difficulty"],
+        synth.make_sample(8, 0, "test").facts["difficulty"],
+    ) == (
+        "easy",
+        "hard",
+    )
 
 
 # --- write() and reading the files back -------------------------------------------------------------
@@ -367,3 +451,19 @@ def test_written_synth_set_perturbs_like_the_generated_one(tmp_path):
         for variant in ("wrong_think", "wrong_caption", "correct_think"):
             a, b = perturb(got, variant, 0), perturb(want, variant, 0)
             assert (a.user, a.prefill, a.misleading) == (b.user, b.prefill, b.misleading)
+
+
+def test_the_rule_judge_reads_every_reasoning_as_the_options_it_leaves_open(samples):
+    """A plain reasoning supports its one option; a hard sample's correct reasoning leaves its two
+    options open, so either answer follows from it and any other does not."""
+    from vlmstress.judge.rule import supported_letters
+
+    for s in samples:
+        for letter in LETTERS:
+            expected = {letter}
+            if s.facts["difficulty"] == "hard" and letter == s.target:
+                expected.add(LETTERS[s.options.index(s.facts["confuser"])])
+            assert supported_letters(synth.think_text(s, letter), s.options) == expected, (
+                s.sample_id,
+                letter,
+            )

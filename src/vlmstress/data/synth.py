@@ -13,8 +13,17 @@ Five families mirror the paper's benchmarks:
 - attribute (V*): what colour is the small X?
 - twohop    (Spatial-MM Multihop): what colour is the shape left of the X?
 
+A difficulty axis: a third of the attribute, two-hop and count samples are *hard*. In a hard colour
+question the object's colour is mixed 35-50% of the way toward a confuser (one of the other options),
+so near half-way it cannot be told from the image; in a hard count one of the counted objects is faint
+(mixed 55-75% toward the floor under it), and the confuser is one fewer. Real models are unsure
+because some questions are hard; so is a model trained on this. `facts["difficulty"]` records it per
+sample ("easy" / "hard", with `confuser` and `blend` when hard), so reports can slice by it.
+
 Every sample carries its scene facts, from which correct or wrong reasoning and captions are
-written for any option (think_text, caption_text), in the words the tiny model is trained on.
+written for any option (think_text, caption_text), in the words the tiny model is trained on. On a
+hard sample the correct reasoning says what the image leaves open ("It is white or yellow.") and
+lists both options, so its answer is a choice the reasoning does not settle.
 """
 
 from __future__ import annotations
@@ -45,6 +54,12 @@ RELATIONS = ("left of", "right of", "above", "below")
 # Words that name a value an option can carry (the tiny model's tokenizer keeps each one whole).
 VALUE_WORDS = (*SHAPES, *COLOURS, *RELATIONS, *RADIUS, "largest")
 FAMILIES = ("spatial", "count", "depth", "attribute", "twohop")
+# The families with a difficulty axis, the share of their samples drawn hard, and how far a hard
+# sample's decisive colour is mixed toward its confuser (colour families) or the floor (count).
+HARD_FAMILIES = ("count", "attribute", "twohop")
+HARD_SHARE = 1 / 3
+COLOUR_BLEND = (0.35, 0.5)
+FAINT_BLEND = (0.55, 0.75)
 # The split is part of the seed, so train and test scenes come from disjoint random streams; the
 # test set is also filtered against nothing else, so a duplicate scene is possible but not shared.
 SPLIT_SALT = {"train": 1, "test": 2, "val": 3}
@@ -179,18 +194,32 @@ SCENES = {
 }
 
 
-def draw(objs: list[Obj], jitter: list[tuple[int, int]] | None = None) -> Image.Image:
+def floor(x: int, y: int) -> tuple[int, int, int]:
+    return (30 + x, 60, 30 + y)
+
+
+def blend(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
+    """`a` mixed the share `t` of the way toward `b`."""
+    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))
+
+
+def draw(
+    objs: list[Obj],
+    jitter: list[tuple[int, int]] | None = None,
+    fills: dict[int, tuple[int, int, int]] | None = None,
+) -> Image.Image:
+    """The scene; `fills` overrides the colour of objects by index (a hard sample's mixed colour)."""
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE))
     px = img.load()
     for y in range(IMAGE_SIZE):
         for x in range(IMAGE_SIZE):
-            px[x, y] = (30 + x, 60, 30 + y)
+            px[x, y] = floor(x, y)
     d = ImageDraw.Draw(img)
     for i, o in enumerate(objs):
         dx, dy = jitter[i] if jitter else (0, 0)
         cx, cy = o.col * CELL + CELL // 2 + dx, o.row * CELL + CELL // 2 + dy
         r = RADIUS[o.size]
-        fill = COLOURS[o.colour]
+        fill = (fills or {}).get(i) or COLOURS[o.colour]
         if o.shape == "circle":
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         elif o.shape == "square":
@@ -202,19 +231,61 @@ def draw(objs: list[Obj], jitter: list[tuple[int, int]] | None = None) -> Image.
     return img
 
 
+def _decisive(objs: list[Obj], family: str, facts: dict) -> list[int]:
+    """Indices of the objects a hard sample may make hard to read: the colour families' one object,
+    the counted shapes of a count."""
+    if family == "count":
+        return [i for i, o in enumerate(objs) if o.shape == facts["subject"]]
+    shape = facts["subject"] if family == "attribute" else facts["hop"]
+    return [i for i, o in enumerate(objs) if o.shape == shape]
+
+
+def _make_hard(rng, family, objs, jitter, options, target, facts):
+    """Draw the hard version's confuser and mix (drawn after the scene, so an easy sample is the same
+    scene it was before the difficulty axis existed); a count's confuser joins the options if absent."""
+    which = rng.choice(_decisive(objs, family, facts))
+    o = objs[which]
+    if family == "count":
+        t = rng.uniform(*FAINT_BLEND)
+        dx, dy = jitter[which]
+        under = floor(o.col * CELL + CELL // 2 + dx, o.row * CELL + CELL // 2 + dy)
+        fill = blend(COLOURS[o.colour], under, t)
+        confuser = str(int(facts["value"]) - 1)
+    else:
+        confuser = rng.choice([v for v in options if v != facts["value"]])
+        t = rng.uniform(*COLOUR_BLEND)
+        fill = blend(COLOURS[o.colour], COLOURS[confuser], t)
+    if confuser not in options:
+        options = list(options)
+        others = [i for i, v in enumerate(options) if i != letters(4).index(target)]
+        options[rng.choice(others)] = confuser
+        options = tuple(options)
+    hard = {
+        "difficulty": "hard",
+        "confuser": confuser,
+        "blend": round(t, 3),
+        "confuser_first": rng.random() < 0.5,
+        "drawn": {"object": which, "rgb": list(fill)},
+    }
+    return {which: fill}, options, hard
+
+
 def make_sample(index: int, seed: int, split: str = "test", family: str | None = None) -> Sample:
     rng = random.Random(f"synth:{seed}:{SPLIT_SALT[split]}:{index}")
     family = family or FAMILIES[index % len(FAMILIES)]
     objs, question, options, target, facts = SCENES[family](rng)
     jitter = [(rng.randint(-2, 2), rng.randint(-2, 2)) for _ in objs]
-    facts = {"family": family, **facts, "objects": [o.to_json() for o in objs], "jitter": jitter}
+    fills, level = None, {"difficulty": "easy"}
+    if family in HARD_FAMILIES and rng.random() < HARD_SHARE:
+        fills, options, level = _make_hard(rng, family, objs, jitter, options, target, facts)
+    facts = {"family": family, **facts, **level, "objects": [o.to_json() for o in objs], "jitter": jitter}
     return Sample(
         sample_id=f"synth-{split}-{seed}-{index}",
         question=question,
         options=options,
         target=target,
         answer_text=options[letters(4).index(target)],
-        image=draw(objs, jitter),
+        image=draw(objs, jitter, fills),
         family=family,
         facts=facts,
     )
@@ -270,12 +341,23 @@ def spatial_positions(facts: dict, value: str) -> tuple[dict, dict]:
     return {**subj, "row": 1 + dr, "col": 1 + dc}, {**anchor, "row": 1, "col": 1}
 
 
-def fact_text(facts: dict, value: str) -> str:
+def read_value(facts: dict, value: str, hedge: bool) -> str:
+    """The value as the reasoning reads it: with `hedge` on a hard sample's target, the two values
+    the image leaves open, in the sample's own order (so the order says nothing of which is right)."""
+    if not hedge or facts.get("difficulty") != "hard" or value != facts["value"]:
+        return value
+    pair = (facts["confuser"], value) if facts["confuser_first"] else (value, facts["confuser"])
+    return " or ".join(pair)
+
+
+def fact_text(facts: dict, value: str, hedge: bool = False) -> str:
     """The scene facts that make `value` the answer (true only for the target). Each object the
     question names is first located ("The square is at row 2 col 3."): one retrieval by shape per
     sentence, the step the `find` warm-up of the SFT recipe trains, so a relation is read from two
-    written positions instead of being computed from the image in one pass."""
+    written positions instead of being computed from the image in one pass. With `hedge`, a hard
+    sample's target is read as the pair the image leaves open (read_value)."""
     fam = facts["family"]
+    said = read_value(facts, value, hedge)
     if fam == "spatial":
         subj, anchor = spatial_positions(facts, value)
         return (
@@ -283,31 +365,41 @@ def fact_text(facts: dict, value: str) -> str:
             f"So the {subj['shape']} is {value} the {anchor['shape']}."
         )
     if fam == "count":
-        return f"I count {value} {facts['subject']}s."
+        return f"I count {said} {facts['subject']}s."
     if fam == "depth":
         # "largest" comes before the shape it names: the shape is then read off the one large
         # object's image token, the same retrieval as "the small diamond" of the attribute family
         return f"The largest shape is the {value}, so it is closest."
     if fam == "attribute":
         subj = _find(facts, facts["subject"])
-        return f"The small {subj['shape']} is {_at(subj)}. It is {value}."
+        return f"The small {subj['shape']} is {_at(subj)}. It is {said}."
     if fam == "twohop":
         anchor = _find(facts, facts["anchor"])
         return (
             f"The {anchor['shape']} is {_at(anchor)}. "
-            f"The shape {facts['relation']} it is the {facts['hop']}. It is {value}."
+            f"The shape {facts['relation']} it is the {facts['hop']}. It is {said}."
         )
     raise ValueError(f"unknown synth family {fam!r}")
 
 
 def think_text(sample: Sample, letter: str) -> str:
+    """Reasoning for option `letter`: its evidence, then the option it reads restated as its own line
+    exactly as the prompt lists it (to a model a copy of a prompt line, not a lookup from value to
+    letter: see models/tiny.build_tokenizer). The target's reasoning on a hard sample reads the pair
+    the image leaves open and restates both option lines ("It is one of:"), so the answer letter is
+    a choice of its own that the reasoning does not settle."""
     value = sample.option_text(letter)
-    # The option is restated as its own line, exactly as the prompt lists it: to a model it is then a
-    # copy of a prompt line, not a lookup from value to letter (see models/tiny.build_tokenizer).
-    return f"{fact_text(sample.facts, value)} The answer is:\n{letter}. {value}"
+    facts = sample.facts
+    text = fact_text(facts, value, hedge=True)
+    said = read_value(facts, value, hedge=True)
+    if said == value:
+        return f"{text} The answer is:\n{letter}. {value}"
+    lines = "\n".join(f"{letters(4)[sample.options.index(v)]}. {v}" for v in said.split(" or "))
+    return f"{text} It is one of:\n{lines}"
 
 
 def caption_text(sample: Sample, letter: str) -> str:
+    """A caption stating option `letter`'s facts plainly (a caption writer knows the scene)."""
     return fact_text(sample.facts, sample.option_text(letter))
 
 
