@@ -7,7 +7,7 @@ import time
 import pytest
 
 from vlmstress.judge.base import Judge, JudgeItem, Verdict
-from vlmstress.judge.rule import RuleJudge, supported_letter
+from vlmstress.judge.rule import RuleJudge, supported_letter, supported_letters
 
 OPTIONS = ("red", "blue", "dark red", "yellow")
 
@@ -57,6 +57,40 @@ OPTIONS = ("red", "blue", "dark red", "yellow")
 )
 def test_supported_letter(think: str | None, expected: str | None) -> None:
     assert supported_letter(think, OPTIONS) == expected
+
+
+@pytest.mark.parametrize(
+    "think, expected",
+    [
+        # a disjunction closing the reasoning leaves those options open
+        ("The small circle is at row 2 col 1. It is red or blue.", "AB"),
+        ("It is yellow, blue or red.", "ABD"),
+        ("It is dark red or yellow.", "CD"),
+        ("So it is red or blue.", "AB"),
+        # a later letter statement decides; a later plain mention without a cue cannot
+        ("It is red or blue. No: it is yellow.", None),  # no conclusion, as before the disjunction rule
+        ("It is red or blue. So the answer is B.", "B"),
+        ("It is red. Then again, red or blue.", "AB"),
+        # not a disjunction: no "or" between the mentions, or other words between them
+        ("It is red and blue.", None),
+        ("It is red, not blue at all, or so.", None),
+        ("Red or blue or something else.", "AB"),
+    ],
+)
+def test_supported_letters_reads_an_open_disjunction(think: str, expected: str | None) -> None:
+    got = supported_letters(think, OPTIONS)
+    assert (None if got is None else "".join(sorted(got))) == expected
+    # the one-letter view names no option for a disjunction
+    assert supported_letter(think, OPTIONS) == (expected if expected and len(expected) == 1 else None)
+
+
+def test_an_answer_inside_the_open_options_is_consistent_one_outside_is_not() -> None:
+    think = "The small circle is at row 2 col 1. It is red or blue."
+    assert RuleJudge().judge([_item(think, "A"), _item(think, "B"), _item(think, "D")]) == [
+        Verdict("consistent", None, "rule"),
+        Verdict("consistent", None, "rule"),
+        Verdict("inconsistent", None, "rule"),
+    ]
 
 
 def test_duplicate_option_texts_cannot_be_told_apart() -> None:

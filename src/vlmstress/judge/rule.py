@@ -9,7 +9,11 @@ Order of evidence:
 2. otherwise option texts mentioned in the think (whole words, case-insensitive; the longest option
    text wins where one contains another, "dark red" over "red"): one option mentioned -> that one;
    several -> the option named right after the last concluding cue ("so the answer is blue", "the
-   answer is blue"); none concluded -> unknown.
+   answer is blue");
+3. otherwise a disjunction of options the think ends on ("It is white or yellow.", or option lines
+   one under another): the think leaves those options open, and an answer among them follows from
+   it (consistent), one outside them does not (inconsistent), while the judge names no single
+   supported option; anything else -> unknown.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ _CUE = re.compile(r"(?<!\w)(?:answer|so|therefore|thus|hence|conclude|conclusion
 _DIRECT = re.compile(r"\s?(?:(?:is|would be|must be|should be)\s?)?:?\s?", re.I)
 # A sentence ends at . ! ? followed by a space or the end, or at a line break.
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+# What stands between two options of a disjunction: "white or yellow", "red, blue or green", or a
+# line break between option lines ("C. white\nD. yellow").
+_OR = re.compile(r"(?:,?\s?(?:or|,)\s?(?:(?:either|maybe|perhaps)\s)?|\n)(?:[A-Z][.):]\s?)?", re.I)
 
 
 def _squeeze(text: str) -> str:
@@ -136,6 +143,47 @@ def _concluded_mention(think: str, mentions: list[tuple[int, frozenset[str]]]) -
     return None
 
 
+def _open_disjunction(
+    think: str, mentions: list[tuple[int, frozenset[str]]], options
+) -> frozenset[str] | None:
+    """Letters of the disjunction of options the think ends on ("white or yellow", "red, blue or
+    green", or option lines one under another: "one of:\nC. white\nD. yellow"): the last mention and
+    those before it joined to it by such separators, when they are at least two and not every option
+    (a think listing every option argues for none)."""
+    chain = [mentions[-1]]
+    for earlier in reversed(mentions[:-1]):
+        at, ls = earlier
+        end = at + len(" ".join(_lower(options[string.ascii_uppercase.index(min(ls))]).split()))
+        if not _OR.fullmatch(think, end, chain[-1][0]):
+            break
+        chain.append(earlier)
+    letters = frozenset().union(*(ls for _, ls in chain))
+    if len({ls for _, ls in chain}) < 2 or len(letters) >= len(options):
+        return None
+    return letters
+
+
+def supported_letters(think: str | None, options: Sequence[str]) -> frozenset[str] | None:
+    """The option letters the think leaves open: one when it argues for one option, several when it
+    ends on a disjunction of options, None when it argues for none or it cannot be told."""
+    if not think or not think.strip():
+        return None
+    options = tuple(options)[: len(string.ascii_uppercase)]
+    letters = string.ascii_uppercase[: len(options)]
+    text = _squeeze(think[-_THINK_TAIL_CAP:])
+    stated = _last_letter_statement(text, letters)
+    if stated is not None:
+        return frozenset(stated)
+    mentions = _mentions(text, options)
+    if not mentions:
+        return None
+    distinct = {letters_ for _, letters_ in mentions}
+    chosen = next(iter(distinct)) if len(distinct) == 1 else _concluded_mention(text, mentions)
+    if chosen is not None:
+        return chosen if len(chosen) == 1 else None
+    return _open_disjunction(text, mentions, options)
+
+
 def supported_letter(think: str | None, options: Sequence[str]) -> str | None:
     """The option letter the think argues for, or None when it argues for none or it cannot be told."""
     if not think or not think.strip():
@@ -166,9 +214,10 @@ class RuleJudge:
 
     def _one(self, item: JudgeItem) -> Verdict:
         try:
-            supports = supported_letter(item.think, item.options)
+            open_letters = supported_letters(item.think, item.options)
         except Exception:  # noqa: BLE001 - one bad item must not sink the batch; never say consistent
             return Verdict("error", None, self.name)
-        if supports is None or item.answer is None:
+        supports = next(iter(open_letters)) if open_letters and len(open_letters) == 1 else None
+        if open_letters is None or item.answer is None:
             return Verdict("unknown", supports, self.name)
-        return Verdict("consistent" if supports == item.answer else "inconsistent", supports, self.name)
+        return Verdict("consistent" if item.answer in open_letters else "inconsistent", supports, self.name)
