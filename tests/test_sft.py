@@ -106,3 +106,31 @@ def test_length_groups_give_the_whole_batch_loss_and_gradient():
     assert len(grads1) == len(grads3) > 0
     for g1, g3 in zip(grads1, grads3):
         torch.testing.assert_close(g1, g3, rtol=1e-4, atol=1e-6)
+
+
+def test_a_share_of_captions_argues_for_a_wrong_option_while_the_target_stays_the_truth():
+    import random
+
+    from vlmstress.perturb import CAPTION_HEDGE
+    from vlmstress.train.sft import make_example
+
+    rng = random.Random(0)
+    samples = synth.generate(200, seed=0, split="train")
+    wrong = 0
+    for s in samples:
+        ex = make_example("caption", s, rng, caption_wrong=0.25)
+        caption = ex.user.split("\n")[0]
+        stated = {
+            letter
+            for letter in s.option_letters
+            if synth.caption_text(s, letter) in caption.replace(CAPTION_HEDGE, ".")
+        }
+        assert len(stated) == 1, caption
+        wrong += stated != {s.target}
+        assert ex.target.endswith(f"<answer>{s.target}</answer>")
+        assert synth.think_text(s, s.target) in ex.target
+    assert 30 < wrong < 70  # about a quarter of 200
+    assert all(
+        synth.caption_text(s, s.target).rstrip(".") in make_example("caption", s, rng).user
+        for s in samples[:20]
+    )

@@ -44,6 +44,13 @@ class SFTConfig(Strict):
     eval_every: int = 500
     eval_samples: int = 200
     out: str = "runs/sft-tiny"
+    # start from this checkpoint folder (its tokenizer and weights) instead of a new model; the vision
+    # warm-up is then skipped unless vision_pretrain_steps says otherwise
+    init: str | None = None
+    # share of caption examples whose caption argues for a wrong option (the target stays the truth)
+    caption_wrong: float = Field(default=0.0, ge=0, le=1)
+    # torch's CPU threads (None: torch's default); one is fastest on a busy 2-core machine
+    torch_threads: int | None = Field(default=None, gt=0)
     curriculum: list[Phase]
 
 

@@ -68,7 +68,7 @@ def answer_target(sample: Sample, letter: str) -> str:
     return f"<think>{synth.think_text(sample, letter)}</think><answer>{letter}</answer>"
 
 
-def make_example(kind: str, sample: Sample, rng: random.Random) -> Example:
+def make_example(kind: str, sample: Sample, rng: random.Random, caption_wrong: float = 0.0) -> Example:
     target_letter = sample.target
     user = render_user(sample.question, sample.options, TEMPLATE)
     full = answer_target(sample, target_letter)
@@ -107,7 +107,13 @@ def make_example(kind: str, sample: Sample, rng: random.Random) -> Example:
     if kind == "qa":
         return Example(user, sample.image, "", full)
     if kind == "caption":
-        caption = synth.caption_text(sample, target_letter)
+        # a caption is wrong with probability `caption_wrong` while the target stays the truth: the
+        # model learns to weigh a caption against the image (trusting it where the image is unclear)
+        # instead of copying it
+        wrong = rng.random() < caption_wrong
+        caption = synth.caption_text(
+            sample, misleading_letter(sample, rng.randrange(1 << 30)) if wrong else target_letter
+        )
         if rng.random() < 0.3:
             caption = caption.rstrip(".") + CAPTION_HEDGE
         return Example(
@@ -317,12 +323,18 @@ def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
     from vlmstress.models import tiny
 
     torch.manual_seed(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     rng = random.Random(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = tiny.build_tokenizer(corpus(seed=cfg.seed))
-    processor = tiny.build_processor(tokenizer)
-    model = tiny.new_model(tokenizer, cfg.size, seed=cfg.seed)
+    if cfg.init:
+        start = tiny.load_tiny(cfg.init)
+        model, processor, tokenizer = start.model, start.processor, start.processor.tokenizer
+    else:
+        tokenizer = tiny.build_tokenizer(corpus(seed=cfg.seed))
+        processor = tiny.build_processor(tokenizer)
+        model = tiny.new_model(tokenizer, cfg.size, seed=cfg.seed)
     model.train()
     pool = synth.generate(cfg.pool, seed=cfg.seed, split="train")
     batcher = Batcher(processor)
@@ -347,7 +359,7 @@ def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
                 s = pool[rng.randrange(len(pool) // 5) * 5]
             if not phase.shuffle_options:
                 s = canonical(s)
-            examples.append(make_example(kind, s, rng))
+            examples.append(make_example(kind, s, rng, cfg.caption_wrong))
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, cfg)
         opt.zero_grad(set_to_none=True)
