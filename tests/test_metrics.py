@@ -422,10 +422,11 @@ def test_summaries_give_the_metrics_of_the_records_they_summarize() -> None:
         {**rec("s10", "wrong_think", correct=False, answer=None), "prefill": "<think>", "family": "f"}
     )
     records.append({**rec("s11", correct=True, answer=None, target=None), "family": "f"})
+    records.append({**rec("s12", correct=True, answer="A", probs={"A": 0.7, "B": 0.3}), "difficulty": "hard"})
     strings: dict = {}
     summaries = [summarize(r, strings) for r in records]
     assert summaries[0]["sample_id"] is summaries[len(base)]["sample_id"]  # shared, not copied
-    assert summaries[-5]["judges"] == [
+    assert summaries[-6]["judges"] == [
         {"by": "rule", "verdict": "consistent"},
         {"by": "llm", "verdict": "unknown"},
     ]
@@ -433,6 +434,28 @@ def test_summaries_give_the_metrics_of_the_records_they_summarize() -> None:
         assert json.dumps(compute_metrics(summaries, **kwargs)) == json.dumps(
             compute_metrics(records, **kwargs)
         )
-    from vlmstress.runner import family_accuracy
+    from vlmstress.runner import difficulty_slices, family_accuracy
 
     assert family_accuracy(summaries) == family_accuracy(records)
+    assert difficulty_slices(summaries) == difficulty_slices(records) != {}
+
+
+def test_difficulty_slices() -> None:
+    from vlmstress.runner import difficulty_slices
+
+    records = [
+        {**rec("a", correct=True, answer="A", probs={"A": 0.5, "B": 0.5}), "difficulty": "hard"},
+        {**rec("b", correct=False, answer="B", probs={"A": 0.2, "B": 0.8}), "difficulty": "hard"},
+        {**rec("c", correct=True, answer="A"), "difficulty": "easy"},  # no letter probabilities
+        {**rec("d", correct=True, answer="A"), "difficulty": None},  # a benchmark without levels
+        {**rec("e", correct=False, answer=None), "difficulty": "easy", "error": "boom"},
+    ]
+    got = difficulty_slices(records)["base"]
+    assert set(got) == {"hard", "easy"}
+    assert got["hard"]["n"] == 2 and got["hard"]["accuracy"] == 0.5
+    assert got["hard"]["mean_entropy"] == pytest.approx(
+        (math.log(2) + (-0.2 * math.log(0.2) - 0.8 * math.log(0.8))) / 2
+    )
+    assert got["hard"]["mean_p_correct"] == pytest.approx((0.5 + 0.2) / 2)
+    assert got["easy"] == {"n": 1, "accuracy": 1.0, "mean_entropy": None, "mean_p_correct": None}
+    assert difficulty_slices([records[3]]) == {}

@@ -69,14 +69,15 @@ class RecordSummary(Mapping):
         "parsed",
         "error",
         "family",
+        "difficulty",
         "prefill",
         "prefill_mode",
         "_probs",
         "_judge",
         "_judges",
     )
-    _PLAIN = frozenset(__slots__[:11])
-    FIELDS = (*__slots__[:11], "letter_probs", "judge", "judges")
+    _PLAIN = frozenset(__slots__[:12])
+    FIELDS = (*__slots__[:12], "letter_probs", "judge", "judges")
 
     def __getitem__(self, key: str) -> Any:
         if key in self._PLAIN:
@@ -110,7 +111,7 @@ def summarize(record: Record, strings: dict | None = None) -> RecordSummary:
         return memo.setdefault(value, value) if isinstance(value, str | tuple) else value
 
     out = RecordSummary()
-    for name in ("sample_id", "variant", "target", "misleading", "answer", "family"):
+    for name in ("sample_id", "variant", "target", "misleading", "answer", "family", "difficulty"):
         setattr(out, name, share(record.get(name)))
     out.correct, out.parsed, out.error = record.get("correct"), record.get("parsed"), record.get("error")
     out.prefill = bool(record.get("prefill"))

@@ -122,6 +122,7 @@ def error_record(sample: Sample, variant: str, error: str, prompt: Prompt | None
         "judge": None,
         "error": error,
         "family": sample.family,
+        "difficulty": sample_difficulty(sample),
         "n_tokens": 0,
         "prefill_mode": None,
         "think_source": None,
@@ -156,6 +157,7 @@ def make_record(sample: Sample, prompt: Prompt, gen: Generation, verdicts: list[
         "judge": verdicts[0].to_json() if verdicts else None,
         "error": None,
         "family": sample.family,
+        "difficulty": sample_difficulty(sample),
         "n_tokens": gen.n_tokens,
         # Where the prefill went (in-process backends always continue the model's own turn; a
         # server may have put it in the user turn) and where the think was read from.
@@ -377,6 +379,9 @@ def run_metrics(samples: Sequence[Sample], spec: RunSpec, records: Sequence[Mapp
         records, model=spec.model, data=spec.data, n_samples=len(samples), seed=spec.seed
     )
     metrics["families"] = family_accuracy(records)
+    difficulties = difficulty_slices(records)
+    if difficulties:
+        metrics["difficulties"] = difficulties
     official = official_scores(spec.data, samples, records)
     if official:
         metrics["official"] = official
@@ -479,6 +484,37 @@ def family_accuracy(records: Sequence[Mapping]) -> dict[str, dict[str, dict]]:
             "n": len(rs),
             "accuracy": sum(r["correct"] for r in rs) / len(rs),
             "most_common_letter_baseline": max(targets.values()) / len(rs) if targets else None,
+        }
+    return dict(out)
+
+
+def sample_difficulty(sample: Sample) -> str | None:
+    """The sample's difficulty level where its benchmark grades one (synth: "easy" / "hard"), else None."""
+    level = (sample.facts or {}).get("difficulty")
+    return level if isinstance(level, str) else None
+
+
+def difficulty_slices(records: Sequence[Mapping]) -> dict[str, dict[str, dict]]:
+    """Per variant, per difficulty level (records that have one): n, accuracy, and the mean letter
+    entropy and P(correct) over the records with letter probabilities (null when none has them)."""
+    from collections import defaultdict
+
+    from vlmstress.metrics import letter_entropy, p_correct
+
+    groups: dict[tuple[str, str], list[Mapping]] = defaultdict(list)
+    for r in records:
+        if r.get("error") is None and r.get("difficulty"):
+            groups[(r["variant"], r["difficulty"])].append(r)
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (variant, level), rs in sorted(groups.items()):
+        scored = [(r["letter_probs"], r["target"]) for r in rs if r.get("letter_probs")]
+        entropies = [letter_entropy(probs) for probs, _ in scored]
+        p_right = [p for probs, target in scored if (p := p_correct(probs, target)) is not None]
+        out[variant][level] = {
+            "n": len(rs),
+            "accuracy": sum(bool(r["correct"]) for r in rs) / len(rs),
+            "mean_entropy": sum(entropies) / len(entropies) if entropies else None,
+            "mean_p_correct": sum(p_right) / len(p_right) if p_right else None,
         }
     return dict(out)
 
