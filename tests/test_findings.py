@@ -323,9 +323,40 @@ def test_a_drop_of_a_variant_not_evaluated_is_null():
     assert f.p_value is None and f.verdict == INCONCLUSIVE and "not evaluated" in f.reason
 
 
+def test_confidence_drop_is_wilcoxon_over_samples_with_probabilities():
+    from scipy.stats import wilcoxon
+
+    base = [rec(i, "base", True, p=0.9) for i in range(N)]
+    caption = [rec(i, "wrong_caption", i % 2 == 0, p=0.9 - 0.02 * (i % 7)) for i in range(N)]
+    caption.append(rec(N, "wrong_caption", True, p=0.1))  # no base record: not a pair
+    f = F.confidence_drop_finding([EvalRun("sft", None, base + caption)], "wrong_caption", "7d")
+    diffs = [-0.02 * (i % 7) for i in range(N)]
+    assert f.n == N and f.effect == pytest.approx(sum(diffs) / N)
+    assert f.p_value == pytest.approx(wilcoxon(diffs).pvalue) and f.verdict == REPRODUCED
+    # a rise is not reproduced; no probabilities at all is null with the reason
+    rise = [rec(i, "wrong_caption", True, p=0.95 + 0.001 * i) for i in range(N)]
+    assert (
+        F.confidence_drop_finding([EvalRun("sft", None, base + rise)], "wrong_caption", "7d").verdict
+        == NOT_REPRODUCED
+    )
+    none = F.confidence_drop_finding(
+        [run("sft", None, {"base": right, "wrong_think": wrong})], "wrong_think", "7c"
+    )
+    assert none.p_value is None and none.verdict == INCONCLUSIVE and "letter probabilities" in none.reason
+    same = F.confidence_drop_finding(
+        [EvalRun("sft", None, base + [rec(i, "wrong_think", True, p=0.9) for i in range(N)])],
+        "wrong_think",
+        "7c",
+    )
+    assert same.p_value is None and "nothing to test" in same.reason
+
+
 def test_nothing_evaluated_gives_every_finding_null_with_a_reason():
     found = F.compute_findings([], {})
-    assert [f.key for f in found] == ["1", "2", "3", "4a", "4b", "5a", "5b", "6a", "6b", "6c", "7a", "7b"]
+    assert [f.key for f in found] == [
+        *("1", "2", "3", "4a", "4b", "5a", "5b", "6a", "6b", "6c"),
+        *("7a", "7b", "7c", "7d"),
+    ]
     for f in found:
         assert f.p_value is None and f.verdict == INCONCLUSIVE and f.reason
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import kendalltau, mannwhitneyu, rankdata
+from scipy.stats import kendalltau, mannwhitneyu, rankdata, wilcoxon
 
 from vlmstress.report.stats import McNemar, mcnemar, outcomes, robustness_scores
 
@@ -265,6 +265,45 @@ def drop_finding(evaluations: Sequence[EvalRun], variant: str, key: str) -> Find
         what="SFT model: ",
         note=size,
     )
+
+
+def p_correct_by_sample(records: Sequence[Record], variant: str) -> dict[str, float]:
+    """sample_id -> P(correct letter) of the variant's records that have letter probabilities."""
+    out = {}
+    for r in records:
+        p = r.get("p_correct")
+        if r["variant"] == variant and r.get("error") is None and isinstance(p, int | float):
+            out[str(r["sample_id"])] = float(p)
+    return out
+
+
+def confidence_drop_finding(evaluations: Sequence[EvalRun], variant: str, key: str) -> Finding:
+    """Misleading text costs confidence: the SFT model's P(correct) on `variant` against its own on
+    base, sample by sample (Wilcoxon signed-rank, two-sided; zero differences dropped, as pratt
+    would count them against neither side)."""
+    claim = f"{variant} lowers the model's confidence in the right answer (P(correct)) against base"
+    paper = "misleading text causes large drops in accuracy and confidence"
+    test = "Wilcoxon signed-rank (two-sided) of per-sample P(correct), variant vs base"
+    sft = _runs(evaluations, SFT)[:1]
+    base = p_correct_by_sample(sft[0].records, "base") if sft else {}
+    other = p_correct_by_sample(sft[0].records, variant) if sft else {}
+    both = sorted(set(base) & set(other))
+    if not both:
+        why = f"SFT model has no {variant} and base records with letter probabilities"
+        return Finding(key, claim, paper, "not measured", None, test, None, None, INCONCLUSIVE, why)
+    diffs = np.array([other[s] - base[s] for s in both])
+    mean_base, mean_other = np.mean([base[s] for s in both]), np.mean([other[s] for s in both])
+    effect = float(diffs.mean())
+    measured = (
+        f"SFT model: mean P(correct) {mean_other:.3f} on {variant} vs {mean_base:.3f} on base "
+        f"({effect:+.3f}), n = {len(both)} samples"
+    )
+    if not np.any(diffs):
+        why = "P(correct) is the same on both variants for every sample: nothing to test"
+        return Finding(key, claim, paper, measured, len(both), test, None, effect, INCONCLUSIVE, why)
+    p = float(wilcoxon(diffs, zero_method="wilcox", alternative="two-sided").pvalue)
+    verdict, reason = decide(effect, p, -1)
+    return Finding(key, claim, paper, measured, len(both), test, p, effect, verdict, reason)
 
 
 def grpo_accuracy_finding(evaluations: Sequence[EvalRun]) -> Finding:
@@ -642,6 +681,8 @@ def compute_findings(evaluations: Sequence[EvalRun], dynamics: Mapping[str, Sequ
         *faithful_reward_findings(evaluations, dynamics),
         drop_finding(evaluations, "wrong_think", "7a"),
         drop_finding(evaluations, "wrong_caption", "7b"),
+        confidence_drop_finding(evaluations, "wrong_think", "7c"),
+        confidence_drop_finding(evaluations, "wrong_caption", "7d"),
     ]
 
 
