@@ -16,7 +16,8 @@ from vlmstress.metrics import (
 )
 
 FIELDS = [
-    "n", "accuracy", "accuracy_ci", "unparsed_rate", "errors", "quadrants", "consistency_adjusted_accuracy",
+    "n", "accuracy", "accuracy_ci", "unparsed_rate", "lenient_rate", "extract_rate", "errors", "quadrants",
+    "consistency_adjusted_accuracy",
     "mean_entropy", "mean_p_correct", "followed_misleading", "flip_rate", "auroc_p_base",
     "auroc_neg_entropy", "ece", "brier", "prefill_mode",
 ]  # fmt: skip
@@ -43,7 +44,8 @@ def rec(
     error: str | None = None,
     judges: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A record with exactly design.md's fields (plus `judges` when given)."""
+    """A record with exactly design.md's fields (plus `judges` when given); its answer, if any, is
+    read from the answer tag (parse_mode strict)."""
     r: dict[str, Any] = {
         "sample_id": sample_id,
         "variant": variant,
@@ -61,6 +63,7 @@ def rec(
         "score_source": "generation" if probs else None,
         "judge": {"verdict": verdict, "supports": "A", "by": "rule"},
         "error": error,
+        "parse_mode": "strict" if answer else None,
     }
     if judges is not None:
         r["judges"] = judges
@@ -279,6 +282,66 @@ def test_accuracy_ci() -> None:
     assert variant_metrics([])["accuracy_ci"] is None
 
 
+def test_lenient_and_extract_rates_from_hand_made_completions() -> None:
+    # Completions through make_record, as a run writes them: how each answer was read, and its share.
+    from vlmstress.data.schema import Sample
+    from vlmstress.extract import Extraction
+    from vlmstress.models.base import Generation
+    from vlmstress.perturb import perturb
+    from vlmstress.runner import make_record
+
+    sample = Sample("s", "Which colour?", ("red", "blue", "green"), "B")
+    prompt = perturb(sample, "base", 0)
+    completions = [
+        ("<think>x</think><answer>B</answer>", "strict"),
+        ("<answer>blue</answer>", "strict"),  # the option's text, in the tag
+        ("<think>x</think> The answer is (B).", "lenient"),
+        ("C", "lenient"),  # a bare letter without a tag
+        ("<think>x</think> I am not sure.", None),
+        ("<answer>purple</answer> The answer is B.", None),  # a tag that names no option: no fallback
+    ]
+    records = []
+    for i, (text, mode) in enumerate(completions):
+        record = make_record(sample, prompt, Generation(text), [])
+        assert record["parse_mode"] == mode and record["parsed"] is (mode is not None), text
+        records.append({**record, "sample_id": f"s{i}"})
+    records.append(make_record(sample, prompt, Generation("", error="timeout"), []))  # not in n
+    m = variant_metrics(records)
+    assert m["n"] == 6 and m["errors"] == 1
+    assert m["lenient_rate"] == pytest.approx(2 / 6)
+    assert m["unparsed_rate"] == pytest.approx(2 / 6)
+    assert m["extract_rate"] == 0.0  # computable, and truly zero: nothing was extracted
+    assert m["accuracy"] == pytest.approx(3 / 6)
+
+    # An extractor's letter reads an unparsed completion (never a parsed one); "none" leaves it so.
+    unparsed = Generation("<think>x</think> I am not sure.")
+    read = make_record(sample, prompt, unparsed, [], Extraction("B", "ext"))
+    none = make_record(sample, prompt, unparsed, [], Extraction(None, "ext"))
+    assert (read["answer"], read["parse_mode"], read["parsed"], read["correct"]) == (
+        "B",
+        "extract",
+        True,
+        True,
+    )
+    assert (none["answer"], none["parse_mode"], none["parsed"]) == (None, None, False)
+    assert read["extraction"] == {"answer": "B", "by": "ext", "error": None}
+    m = variant_metrics([records[0], read, none])
+    assert m["extract_rate"] == pytest.approx(1 / 3) and m["unparsed_rate"] == pytest.approx(1 / 3)
+    assert m["lenient_rate"] == 0.0
+
+
+def test_lenient_and_extract_rates_are_null_without_records_or_with_old_ones() -> None:
+    errors = [rec(f"s{i}", correct=True, answer="A", error="boom") for i in range(2)]
+    for records in ([], errors):  # n = 0
+        m = variant_metrics(records)
+        assert m["lenient_rate"] is None and m["extract_rate"] is None
+    # A record written before parse_mode: how it was read is unknown, so the shares are too.
+    old = {k: v for k, v in rec("s9", correct=True, answer="A").items() if k != "parse_mode"}
+    m = variant_metrics([rec("s1", correct=True, answer="A"), old])
+    assert m["lenient_rate"] is None and m["extract_rate"] is None
+    assert m["unparsed_rate"] == 0.0  # the other metrics are unaffected
+
+
 # ---------------------------------------------------------------- whole run
 
 
@@ -351,6 +414,7 @@ def test_summary_markdown() -> None:
             ),
         },
     }  # fmt: skip
+    metrics["variants"]["wrong_think"]["lenient_rate"] = 0.25
     text = summary_markdown(metrics)
     lines = text.splitlines()
     assert lines[0] == "# tiny on synth"
@@ -358,15 +422,23 @@ def test_summary_markdown() -> None:
     assert len(table) == 4  # header, rule, two variants
     assert len({ln.count("|") for ln in table}) == 1  # every row has the same number of cells
     dash = "\u2013"
-    assert (
-        table[2]
-        == f"| base | 8 | 50.0 [25.0, 75.0] | {dash} | 37.5 | 0.0 | 0.693 | 55.0 | {dash} | {dash} | {dash} |"
+    assert table[2] == (
+        f"| base | 8 | 50.0 [25.0, 75.0] | {dash} | 37.5 | 0.0 | {dash} | 0.693 | 55.0 | {dash} | {dash} "
+        f"| {dash} |"
     )
     assert table[3] == (
-        f"| wrong_think | 8 (2 errors) | 37.5 [12.5, 62.5] | -12.5 | 25.0 | 12.5 | {dash} | {dash} "
+        f"| wrong_think | 8 (2 errors) | 37.5 [12.5, 62.5] | -12.5 | 25.0 | 12.5 | 25.0 | {dash} | {dash} "
         "| 50.0 | 25.0 | 93.8 |"
     )
-    assert "kappa" not in text
+    assert "kappa" not in text and "extracted" not in text  # no answer was extracted: no column
+    # With extracted answers the column is there, after lenient.
+    metrics["variants"]["base"]["extract_rate"] = 0.125
+    table = [ln for ln in summary_markdown(metrics).splitlines() if ln.startswith("|")]
+    assert "| unparsed % | lenient % | extracted % |" in table[0]
+    assert len({ln.count("|") for ln in table}) == 1
+    assert table[2].startswith(
+        f"| base | 8 | 50.0 [25.0, 75.0] | {dash} | 37.5 | 0.0 | {dash} | 12.5 | 0.693 |"
+    )
 
 
 def test_summary_markdown_of_real_metrics_with_judges() -> None:
@@ -422,11 +494,14 @@ def test_summaries_give_the_metrics_of_the_records_they_summarize() -> None:
         {**rec("s10", "wrong_think", correct=False, answer=None), "prefill": "<think>", "family": "f"}
     )
     records.append({**rec("s11", correct=True, answer=None, target=None), "family": "f"})
-    records.append({**rec("s12", correct=True, answer="A", probs={"A": 0.7, "B": 0.3}), "difficulty": "hard"})
+    records.append({**rec("s12", "stop_think", correct=True, answer="A"), "parse_mode": "lenient"})
+    old = rec("s13", "stop_think", correct=True, answer="A")
+    records.append({k: v for k, v in old.items() if k != "parse_mode"})  # written before the field
+    records.append({**rec("s14", correct=True, answer="A", probs={"A": 0.7, "B": 0.3}), "difficulty": "hard"})
     strings: dict = {}
     summaries = [summarize(r, strings) for r in records]
     assert summaries[0]["sample_id"] is summaries[len(base)]["sample_id"]  # shared, not copied
-    assert summaries[-6]["judges"] == [
+    assert summaries[-8]["judges"] == [
         {"by": "rule", "verdict": "consistent"},
         {"by": "llm", "verdict": "unknown"},
     ]

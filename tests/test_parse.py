@@ -62,6 +62,7 @@ def test_answer_block(content: str, expected: str | None) -> None:
     assert p.answer == expected
     assert p.parsed is (expected is not None)
     assert p.lenient is False
+    assert p.mode == ("strict" if expected is not None else None)
     assert p.answer_text == content.strip()
     assert p.think == "hmm"
 
@@ -155,6 +156,7 @@ def test_lenient_fallbacks_without_answer_tag(text: str, expected: str | None) -
     p = parse(text, OPTIONS)
     assert p.answer == expected
     assert p.lenient is (expected is not None)
+    assert p.mode == ("lenient" if expected is not None else None)
     assert p.parsed is (expected is not None)
     assert p.answer_text is None
 
@@ -166,7 +168,7 @@ def test_no_fallback_when_the_answer_tag_is_present_but_unreadable() -> None:
 
 def test_open_ended_items() -> None:
     p = parse("<think>count</think><answer> three apples </answer>", ())
-    assert (p.answer, p.answer_text, p.parsed, p.lenient) == (None, "three apples", True, False)
+    assert (p.answer, p.answer_text, p.parsed, p.mode) == (None, "three apples", True, "strict")
     p = parse("<think>count</think> The answer is 3.", ())
     assert (p.answer, p.answer_text, p.parsed, p.lenient) == (None, "3", True, True)
     p = parse("<think>count</think>seven", ())
@@ -240,6 +242,7 @@ def _check_well_formed(p: Parsed, options: tuple[str, ...]) -> None:
     assert isinstance(p.parsed, bool) and isinstance(p.lenient, bool)
     assert p.parsed is (p.answer is not None if options else bool(p.answer_text))
     assert not p.lenient or p.parsed
+    assert p.mode in ("strict", "lenient", None) and (p.mode is None) is (not p.parsed)
 
 
 # Hypothesis draws one seed per example and the completion is composed from it with random.Random:

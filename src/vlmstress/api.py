@@ -18,6 +18,7 @@ from typing import Any
 
 from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
+from vlmstress.extract import Extractor
 from vlmstress.judge.base import Judge
 from vlmstress.models.base import VLM
 from vlmstress.runlog import run_lock
@@ -36,8 +37,8 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class PreparedEval:
-    """A checked evaluation: its RunSpec and samples, and the model and judges it will run (SPECs
-    are loaded only by `run`, after a resumed run's identity has been checked)."""
+    """A checked evaluation: its RunSpec and samples, and the model, judges and answer extractor it
+    will run (SPECs are loaded only by `run`, after a resumed run's identity has been checked)."""
 
     spec: RunSpec
     samples: list[Sample]
@@ -45,17 +46,23 @@ class PreparedEval:
     judges: list[str | Judge]
     # As given, for the backend: unlike spec.model_options these may hold a key.
     model_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    extract: str | Extractor | None = None
 
-    def backends(self, out: Path | None) -> tuple[VLM, list[Judge]]:
-        """The model and judges, SPECs loaded (judges first, as a failed judge load is cheaper)."""
-        from vlmstress.models.registry import load_judge, load_model
+    def backends(self, out: Path | None) -> tuple[VLM, list[Judge], Extractor | None]:
+        """The model, judges and extractor, SPECs loaded (judges and extractor first, as their
+        failed load is cheaper). An API extractor caches under the run, as API judges do."""
+        from vlmstress.models.registry import load_extractor, load_judge, load_model
 
         judges = [load_judge(j, **api_options(j, out)) if isinstance(j, str) else j for j in self.judges]
+        extract = self.extract
+        extractor = (
+            load_extractor(extract, **api_options(extract, out)) if isinstance(extract, str) else extract
+        )
         if isinstance(self.model, str):
             model = load_model(self.model, **api_options(self.model, out), **self.model_options)
         else:
             model = self.model
-        return model, judges
+        return model, judges, extractor
 
     def run(
         self,
@@ -69,15 +76,17 @@ class PreparedEval:
         """`with_records=False` (the command line, which reads only the metrics) leaves
         `EvalResult.records` empty for a run in `out`: they stay in records.jsonl, not in memory."""
         if out is None:
-            model, judges = self.backends(None)
-            records, metrics = run_in_memory(model, self.samples, self.spec, judges=judges, progress=progress)
+            model, judges, extractor = self.backends(None)
+            records, metrics = run_in_memory(
+                model, self.samples, self.spec, judges=judges, progress=progress, extractor=extractor
+            )
             return EvalResult(records, metrics, None)
         out = Path(out)
         # The lock and a resume's identity check come before the model loads: a second process on
         # this `out`, or a rerun of another config, is refused at once, not after minutes of loading.
         with run_lock(out):
             check_same_run(out, self.spec)
-            model, judges = self.backends(out)
+            model, judges, extractor = self.backends(out)
             metrics = run_eval(
                 model,
                 self.samples,
@@ -88,6 +97,7 @@ class PreparedEval:
                 locked=True,
                 retry_failed=retry_failed,
                 log=log,
+                extractor=extractor,
             )
         records = run_records(self.samples, self.spec, out) if with_records else []
         return EvalResult(records, metrics, out)
@@ -113,6 +123,7 @@ def prepare_eval(
     model_options: dict[str, Any] | None = None,
     data_dir: str | None = None,
     system: str | None = None,
+    extract: str | Extractor | None = None,
 ) -> PreparedEval:
     """Check the arguments (a UsageError, which is a ValueError, for a bad value; a TypeError for an
     object of the wrong kind) and load the data; nothing is written, no model loaded."""
@@ -148,6 +159,7 @@ def prepare_eval(
             judge_names.append(judge.name)
         else:
             raise TypeError(f"a judge must be a SPEC or a Judge (with .name and .judge), got {judge!r}")
+    extract_name = _extractor_name(extract)
     if isinstance(variants, str):
         variant_names = resolve_variants(variants)
     elif all(isinstance(v, str) for v in variants):
@@ -174,8 +186,26 @@ def prepare_eval(
         data_dir=data_dir,
         model_options=redact_options(options),
         system=resolve_system(model, system),
+        extract=extract_name,
     )
-    return PreparedEval(spec, samples, model, list(judges), options)
+    return PreparedEval(spec, samples, model, list(judges), options, extract)
+
+
+def _extractor_name(extract: Any) -> str | None:
+    """The extractor's name in the run's identity: its SPEC as given (secrets redacted), or an
+    object's own `name`; None without one."""
+    from vlmstress.models.registry import check_extract_spec, redact_spec
+
+    if extract is None:
+        return None
+    if isinstance(extract, str):
+        check_extract_spec(extract)
+        return redact_spec(extract)
+    if callable(getattr(extract, "extract", None)) and isinstance(getattr(extract, "name", None), str):
+        return extract.name
+    raise TypeError(
+        f"extract must be a model SPEC or an Extractor (with .name and .extract), got {extract!r}"
+    )
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +255,7 @@ def evaluate(
     data_dir: str | None = None,
     retry_failed: bool = False,
     system: str | None = None,
+    extract: str | Extractor | None = None,
 ) -> EvalResult:
     """Evaluate `model` on `data` under `variants`, as `vlmstress eval` does.
 
@@ -232,8 +263,10 @@ def evaluate(
     SPEC (`synth:6`, a benchmark, a file) or a list of Samples. judges: `rule`, model SPECs or Judge
     objects; none gives records without verdicts. model_options go to a SPEC's backend (as
     `--model-opt`). system: the system turn of every prompt; None takes the model's documented one
-    (models/system_prompts.py), "" none. With `out`, the run is logged there and resumable (a rerun
-    with the same `out` does only what is missing); without, it is held in memory and writes no file.
+    (models/system_prompts.py), "" none. extract: a model SPEC (or Extractor object) that reads the
+    answer of a completion the rules cannot parse (extract.py); None, no extraction. With `out`, the
+    run is logged there and resumable (a rerun with the same `out` does only what is missing);
+    without, it is held in memory and writes no file.
     """
     prepared = prepare_eval(
         model,
@@ -248,5 +281,6 @@ def evaluate(
         model_options=model_options,
         data_dir=data_dir,
         system=system,
+        extract=extract,
     )
     return prepared.run(out, progress=progress, retry_failed=retry_failed)

@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--judge", nargs="+", default=["rule"], help="consistency judges: rule and/or model SPECs (rule)"
     )
+    e.add_argument(
+        "--extract",
+        default=None,
+        metavar="SPEC",
+        help="a model SPEC that reads the answer of completions the rules cannot parse (counted: "
+        "parse_mode extract, extract_rate); default none",
+    )
     e.add_argument("--data-dir", default=None, help="a local copy of a benchmark, laid out as its hub repo")
     e.add_argument("--limit", type=_positive, default=None, help="evaluate the first N samples only")
     e.add_argument("--seed", type=int, default=0, help="seed of the misleading letters and of synth data (0)")
@@ -203,6 +210,7 @@ def cmd_eval(args) -> int:
         model_options=_model_options(args.model_opt),
         data_dir=args.data_dir,
         system=_system_text(args.system),
+        extract=args.extract,
     )
     spec, samples = run.spec, run.samples
     out = Path(args.out or f"runs/{_slug(spec.model)}-{_slug(args.data)}")
@@ -213,6 +221,8 @@ def cmd_eval(args) -> int:
         for judge in args.judge:
             if judge.strip() != "rule":
                 check_model(judge, {})
+        if args.extract is not None:
+            check_model(args.extract, {})
         check_can_create(out, "--out")
     if args.dry_run:
         from vlmstress.plan import plan_run

@@ -57,7 +57,8 @@ class RecordSummary(Mapping):
     about 300 bytes a record instead of several KB. It reads as the record would for every field
     the metrics (and runner.family_accuracy / official_scores) use: `letter_probs` is rebuilt as the
     same dict, `judge` as {"verdict": ...}, `judges` as [{"by", "verdict"}, ...], `prefill` as its
-    truth value with `prefill_mode` already resolved (record_prefill_mode). Made by `summarize`."""
+    truth value with `prefill_mode` already resolved (record_prefill_mode). `parse_mode` is missing
+    (a KeyError, as from the record) where the record predates it. Made by `summarize`."""
 
     __slots__ = (
         "sample_id",
@@ -75,9 +76,10 @@ class RecordSummary(Mapping):
         "_probs",
         "_judge",
         "_judges",
+        "_parse_mode",
     )
     _PLAIN = frozenset(__slots__[:12])
-    FIELDS = (*__slots__[:12], "letter_probs", "judge", "judges")
+    FIELDS = (*__slots__[:12], "letter_probs", "judge", "judges", "parse_mode")
 
     def __getitem__(self, key: str) -> Any:
         if key in self._PLAIN:
@@ -93,13 +95,22 @@ class RecordSummary(Mapping):
             if isinstance(judges, tuple):
                 return [{"by": by, "verdict": verdict} for by, verdict in judges]
             return judges
+        if key == "parse_mode" and self._parse_mode is not _UNRECORDED:
+            return self._parse_mode
         raise KeyError(key)
 
     def __iter__(self):
-        return iter(self.FIELDS)
+        return iter(self._fields())
 
     def __len__(self) -> int:
-        return len(self.FIELDS)
+        return len(self._fields())
+
+    def _fields(self) -> tuple[str, ...]:
+        return self.FIELDS if self._parse_mode is not _UNRECORDED else self.FIELDS[:-1]
+
+
+# A record written before `parse_mode` existed: how its answer was read is not known.
+_UNRECORDED = object()
 
 
 def summarize(record: Record, strings: dict | None = None) -> RecordSummary:
@@ -126,6 +137,7 @@ def summarize(record: Record, strings: dict | None = None) -> RecordSummary:
     if isinstance(judges, list) and all(isinstance(v, dict) and "by" in v and "verdict" in v for v in judges):
         judges = tuple((share(v["by"]), share(v["verdict"])) for v in judges)
     out._judges = judges
+    out._parse_mode = share(record["parse_mode"]) if "parse_mode" in record else _UNRECORDED
     return out
 
 
@@ -155,6 +167,14 @@ def _bootstrap_ci(hits: Sequence[bool], seed: int) -> list[float] | None:
     means = np.random.default_rng(seed).binomial(n, accuracy, size=BOOTSTRAP_RESAMPLES) / n
     lo, hi = np.percentile(means, [2.5, 97.5])
     return [float(lo), float(hi)]
+
+
+def _read_by(records: Sequence[Record], mode: str) -> float | None:
+    """Share of `records` whose answer was read by `mode` (a record's parse_mode); None without
+    records, or where one predates parse_mode: how it was read is unknown, and 0 would claim it."""
+    if not records or not all("parse_mode" in r for r in records):
+        return None
+    return _mean([r["parse_mode"] == mode for r in records])
 
 
 def _quadrant(record: Record) -> str:
@@ -314,6 +334,10 @@ def variant_metrics(
         "accuracy": _mean(hits),
         "accuracy_ci": _bootstrap_ci(hits, seed),
         "unparsed_rate": _mean([not r.get("parsed") for r in ok]),
+        # Answers the rules read only by a fallback, and answers only the extractor read: with the
+        # strict share and unparsed_rate, how all n answers were read (the four sum to 1).
+        "lenient_rate": _read_by(ok, "lenient"),
+        "extract_rate": _read_by(ok, "extract"),
         "errors": len(records_of_variant) - n,
         "quadrants": quadrants,
         "consistency_adjusted_accuracy": quadrants["consistent_correct"],
@@ -431,9 +455,14 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
     metrics = _md_names(metrics)
     variants: Mapping[str, Mapping[str, Any]] = metrics.get("variants", {})
     base_acc = variants.get("base", {}).get("accuracy")
+    # Beside unparsed, how many answers only a fallback read; the extractor's share only in runs
+    # where it read any (most runs have none, and a column of zeros would say nothing).
+    extracted = any(v.get("extract_rate") for v in variants.values())
     header = (
         "| variant | n | accuracy % [95% CI] | Δ vs base (pts) | consistency-adj. acc % | unparsed % "
-        "| mean entropy (nats) | mean P(correct) % | followed misleading % | flip rate % | AUROC P_base % |"
+        "| lenient % "
+        + ("| extracted % " if extracted else "")
+        + "| mean entropy (nats) | mean P(correct) % | followed misleading % | flip rate % | AUROC P_base % |"
     )
     lines = [f"# {metrics.get('model', '?')} on {metrics.get('data', '?')}", ""]
     lines += [f"> **Warning:** {w}" for w in metrics.get("warnings") or []]
@@ -458,6 +487,8 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
             drop,
             _pct(v.get("consistency_adjusted_accuracy")),
             _pct(v.get("unparsed_rate")),
+            _pct(v.get("lenient_rate")),
+            *([_pct(v.get("extract_rate"))] if extracted else []),
             entropy,
             _pct(v.get("mean_p_correct")),
             _pct(v.get("followed_misleading")),

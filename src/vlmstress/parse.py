@@ -3,7 +3,8 @@
 Rules (design.md "Parsing"): `think` is the text inside the first `<think>…</think>`; `answer` is the
 option letter inside the first `<answer>…</answer>`, or the option whose text it matches exactly.
 Without an `<answer>` tag, lenient fallbacks (a bare letter as the whole completion, "the answer is
-(B)", "Answer: B") may still parse it; `lenient` says one was used, so the runner can count them.
+(B)", "Answer: B") may still parse it; `mode` says which way it was read (`strict`, `lenient`, or
+None when unparsed), so the runner can record it and the metrics count lenient parses.
 
 Everything here must survive any string a model can emit, including megabytes of garbage: tags are
 found with plain literal regexes (linear scans); every pattern with quantifiers only ever runs on a
@@ -19,6 +20,7 @@ import unicodedata
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 # re.ASCII everywhere: with Unicode case folding, `[A-Z]` under IGNORECASE would also match the
 # Kelvin sign and the long s, and `\w` / `\s` would accept lookalikes. Only ASCII letters are letters.
@@ -71,20 +73,30 @@ _LENIENT_LETTER = re.compile(
 _LENIENT_TEXT = re.compile(r"(?<![A-Za-z])(?i:answer)(?:\s+(?i:is)\s*:?|\s*:)[ \t]*([^\n]{1,200})", _FLAGS)
 
 
+# How an answer was read: from its `<answer>` tag, or by a lenient fallback without one.
+ParseMode = Literal["strict", "lenient"]
+
+
 @dataclass(frozen=True)
 class Parsed:
     """What one assistant turn says.
 
     `answer` is an option letter among the given options or None; `answer_text` the raw stripped text
     of the answer block (for open-ended grading); `parsed` whether an answer was found (a letter for a
-    multiple-choice item, non-empty text for an open-ended one); `lenient` whether a fallback found it.
+    multiple-choice item, non-empty text for an open-ended one); `mode` how it was found, None exactly
+    when nothing was.
     """
 
     think: str | None
     answer: str | None
     answer_text: str | None
     parsed: bool
-    lenient: bool
+    mode: ParseMode | None
+
+    @property
+    def lenient(self) -> bool:
+        """Whether a fallback, not the answer tag, found the answer."""
+        return self.mode == "lenient"
 
 
 def parse(text: str, options: Sequence[str]) -> Parsed:
@@ -113,7 +125,15 @@ def parse(text: str, options: Sequence[str]) -> Parsed:
             lenient = answer_text is not None
 
     parsed = answer is not None if options else bool(answer_text)
-    return Parsed(think=think, answer=answer, answer_text=answer_text, parsed=parsed, lenient=lenient)
+    mode: ParseMode | None = None if not parsed else "lenient" if lenient else "strict"
+    return Parsed(think=think, answer=answer, answer_text=answer_text, parsed=parsed, mode=mode)
+
+
+def after_think(text: str) -> str:
+    """What a turn says after its think (all of it when it has none): where its answer is stated.
+    An unclosed think runs to the end and leaves nothing, so nothing is read from reasoning alone."""
+    think, _, end = _think_span(text if isinstance(text, str) else "")
+    return text[end:] if think is not None else text
 
 
 def _think_span(text: str) -> tuple[str | None, int, int]:

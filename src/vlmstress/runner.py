@@ -7,11 +7,11 @@ crash loses at most the batch in flight and never leaves part of one behind: the
 that batch whole, with the same prompts batched together, and so writes the same bytes an
 uninterrupted run would (batch composition changes padding, and padding changes the floats).
 A lock file keeps a second live process from interleaving records into the same directory, and a
-rerun whose model, model options, data, seed, template, token budget, judges or system prompt differ
-from the log's is refused. The same engine also runs over an in-memory log (`run_in_memory`) for the
-Python API. The log discipline itself (append, commit, lock, read) is runlog.py. Several processes share one
-run through `run_rank` below, which shard.py launches under torchrun / accelerate (docs/scaling.md).
-See docs/reliability.md.
+rerun whose model, model options, data, seed, template, token budget, judges, answer extractor or
+system prompt differ from the log's is refused. The same engine also runs over an in-memory log
+(`run_in_memory`) for the Python API. The log discipline itself (append, commit, lock, read) is
+runlog.py. Several processes share one run through `run_rank` below, which shard.py launches under
+torchrun / accelerate (docs/scaling.md). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
+from vlmstress.extract import Extraction, ExtractItem, Extractor
 from vlmstress.judge.base import Judge, JudgeItem, Verdict
 from vlmstress.metrics import (
     RecordSummary,
@@ -38,7 +39,7 @@ from vlmstress.metrics import (
     summary_markdown,
 )
 from vlmstress.models.base import VLM, Generation
-from vlmstress.parse import grade_open, parse, think_source
+from vlmstress.parse import Parsed, after_think, grade_open, parse, think_source
 from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb, with_system
 from vlmstress.runlog import (
     RECORDS,
@@ -61,7 +62,17 @@ SAMPLE_ERROR = "sample: "
 NOT_APPLICABLE = "not applicable: "
 # What the records of a run depend on: a rerun that changes one of these must not resume the log.
 # (variants and limit may grow on a rerun; batch_size is left free though it moves floats slightly.)
-IDENTITY = ("model", "model_options", "data", "seed", "template", "max_new_tokens", "judges", "system")
+IDENTITY = (
+    "model",
+    "model_options",
+    "data",
+    "seed",
+    "template",
+    "max_new_tokens",
+    "judges",
+    "system",
+    "extract",
+)
 
 
 @dataclass
@@ -81,6 +92,7 @@ class RunSpec:
     data_dir: str | None = None
     model_options: dict = field(default_factory=dict)
     system: str | None = None  # the system turn of every prompt (models/system_prompts.py)
+    extract: str | None = None  # the answer extractor of what the rules cannot parse (extract.py)
 
 
 def config_text(spec: RunSpec, samples: Sequence[Sample]) -> str:
@@ -126,17 +138,25 @@ def error_record(sample: Sample, variant: str, error: str, prompt: Prompt | None
         "n_tokens": 0,
         "prefill_mode": None,
         "think_source": None,
+        "parse_mode": None,
     }
 
 
-def make_record(sample: Sample, prompt: Prompt, gen: Generation, verdicts: list[Verdict]) -> dict:
+def make_record(
+    sample: Sample,
+    prompt: Prompt,
+    gen: Generation,
+    verdicts: list[Verdict],
+    extraction: Extraction | None = None,
+) -> dict:
     if gen.error:
         return error_record(sample, prompt.variant, gen.error, prompt)
     parsed = parse(prompt.prefill + gen.text, prompt.options)
+    answer, parse_mode = read_answer(parsed, extraction)
     if sample.is_open_ended:
         correct = grade_open(parsed.answer_text, sample.answer_text or "")
     else:
-        correct = parsed.answer is not None and parsed.answer == prompt.target
+        correct = answer is not None and answer == prompt.target
     probs = gen.letter_probs
     meta = {k: v for k, v in gen.meta.items() if not (k == "prefill_mode" and not prompt.prefill)}
     record = {
@@ -147,8 +167,8 @@ def make_record(sample: Sample, prompt: Prompt, gen: Generation, verdicts: list[
         "response": gen.text,
         "prefill": prompt.prefill,
         "think": parsed.think,
-        "answer": parsed.answer,
-        "parsed": parsed.parsed,
+        "answer": answer,
+        "parsed": parse_mode is not None,
         "correct": bool(correct),
         "letter_probs": probs,
         "entropy": letter_entropy(probs) if probs else None,
@@ -163,7 +183,10 @@ def make_record(sample: Sample, prompt: Prompt, gen: Generation, verdicts: list[
         # server may have put it in the user turn) and where the think was read from.
         "prefill_mode": meta.pop("prefill_mode", "assistant") if prompt.prefill else None,
         "think_source": meta.pop("think_source", None) or think_source(gen.text, prompt.prefill),
+        "parse_mode": parse_mode,  # strict, lenient, extract, or null: unparsed
     }
+    if extraction is not None:  # the extractor was asked: what it read, or why it could not
+        record["extraction"] = extraction.to_json()
     if len(verdicts) > 1:
         record["judges"] = [v.to_json() for v in verdicts]
     if meta:  # anything else a backend says about how it answered
@@ -171,16 +194,60 @@ def make_record(sample: Sample, prompt: Prompt, gen: Generation, verdicts: list[
     return record
 
 
+def read_answer(parsed: Parsed, extraction: Extraction | None) -> tuple[str | None, str | None]:
+    """(answer, parse_mode) of a record: the rules' reading, else the extractor's letter (it is
+    asked only where the rules found none), else (None, None)."""
+    if parsed.mode is None and extraction is not None and extraction.answer is not None:
+        return extraction.answer, "extract"
+    return parsed.answer, parsed.mode
+
+
+def extract_batch(
+    extractor: Extractor | None,
+    prompts: Sequence[Prompt],
+    gens: Sequence[Generation],
+    questions: Sequence[str],
+) -> list[Extraction | None]:
+    """The extractor's reading of each multiple-choice completion the rules could not parse and
+    that says something after its think; None for the others (not asked). A failing extractor
+    fails its extractions, never the run."""
+    if extractor is None:
+        return [None] * len(prompts)
+    asked: dict[int, ExtractItem] = {}
+    for i, (p, g, q) in enumerate(zip(prompts, gens, questions, strict=True)):
+        if g.error or not p.options:
+            continue
+        text = p.prefill + g.text
+        response = after_think(text)
+        if parse(text, p.options).mode is None and response.strip():
+            asked[i] = ExtractItem(q, p.options, response)
+    out: list[Extraction | None] = [None] * len(prompts)
+    if asked:
+        try:
+            found = extractor.extract(list(asked.values()))
+            if len(found) != len(asked):
+                raise ValueError(f"{len(found)} extractions of {len(asked)} completions")
+        except Exception as exc:
+            found = [Extraction(None, extractor.name, f"{type(exc).__name__}: {exc}")] * len(asked)
+        for i, extraction in zip(asked, found, strict=True):
+            out[i] = extraction
+    return out
+
+
 def judge_batch(
-    judges: Sequence[Judge], prompts: Sequence[Prompt], gens: Sequence[Generation], questions: Sequence[str]
+    judges: Sequence[Judge],
+    prompts: Sequence[Prompt],
+    gens: Sequence[Generation],
+    questions: Sequence[str],
+    extractions: Sequence[Extraction | None] | None = None,
 ) -> list[list[Verdict]]:
-    """Every judge's verdict for every generation in the batch (errors never reach a judge)."""
+    """Every judge's verdict for every generation in the batch (errors never reach a judge); an
+    answer only the extractor read is the answer judged, as it is the record's."""
     items = []
-    for p, g, q in zip(prompts, gens, questions):
+    for i, (p, g, q) in enumerate(zip(prompts, gens, questions)):
         parsed = parse(p.prefill + g.text, p.options) if not g.error else None
-        items.append(
-            JudgeItem(q, p.options, parsed.think if parsed else None, parsed.answer if parsed else None)
-        )
+        answer = read_answer(parsed, extractions[i] if extractions else None)[0] if parsed else None
+        items.append(JudgeItem(q, p.options, parsed.think if parsed else None, answer))
     per_judge = []
     for judge in judges:
         try:
@@ -302,13 +369,15 @@ def run_eval(
     locked: bool = False,
     retry_failed: bool = False,
     log: Callable[[str], None] | None = None,
+    extractor: Extractor | None = None,
 ) -> dict:
     """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics.
 
     `locked` says the caller already holds `run_lock(out)` (the command line takes it before the
     slow model load, so a second process is refused at once). A resume keeps every record, failed
     model calls too; `retry_failed` makes those calls again (`drop_failed`). `log` is told how much
-    of the run a resume found done.
+    of the run a resume found done. `extractor` (the one `spec.extract` names) reads the answers
+    the rules cannot.
     """
     out = Path(out)
     with nullcontext() if locked else run_lock(out):
@@ -323,6 +392,7 @@ def run_eval(
                 progress=progress,
                 on_batch=on_batch,
                 retry_failed=retry_failed,
+                extractor=extractor,
             )
         remove_stale_temps(out)
         path = out / RECORDS
@@ -336,7 +406,7 @@ def run_eval(
         write_atomic(out / "config.json", config_text(spec, samples))
         with Log(path) as log:
             log.append(errors)
-            _generate_all(model, todo, spec, judges, log, progress, on_batch)
+            _generate_all(model, todo, spec, judges, log, progress, on_batch, extractor)
         return finish_run(samples, spec, out)
 
 
@@ -395,12 +465,13 @@ def run_in_memory(
     *,
     judges: Sequence[Judge] = (),
     progress: bool = False,
+    extractor: Extractor | None = None,
 ) -> tuple[list[dict], dict]:
     """run_eval's engine over a log held in memory: the records and metrics, and no file written."""
     todo, errors = plan(samples, spec.variants, spec.seed, spec.template, set(), spec.system)
     log = _MemoryLog()
     log.append(errors)
-    _generate_all(model, todo, spec, judges, log, progress, None)
+    _generate_all(model, todo, spec, judges, log, progress, None, extractor)
     return log.records, run_metrics(samples, spec, log.records)
 
 
@@ -412,8 +483,9 @@ def check_same_run(out: Path, spec: RunSpec) -> None:
         return
     if not isinstance(before, dict) or not _has_records(out):
         return
-    # A log from before system prompts were recorded was made without one.
+    # A log from before system prompts (or extractors) were recorded was made without one.
     before.setdefault("system", None)
+    before.setdefault("extract", None)
     changed = [k for k in IDENTITY if k in before and before[k] != getattr(spec, k)]
     if changed:
         raise UsageError(
@@ -447,7 +519,9 @@ class _MemoryLog:
         self.records.extend(records)
 
 
-def _generate_all(model, todo, spec, judges, log: Log | _MemoryLog, progress, on_batch) -> None:
+def _generate_all(
+    model, todo, spec, judges, log: Log | _MemoryLog, progress, on_batch, extractor: Extractor | None = None
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     preflight(model, todo)
@@ -461,12 +535,15 @@ def _generate_all(model, todo, spec, judges, log: Log | _MemoryLog, progress, on
             t0 = time.perf_counter()
             gens = model.generate(prompts, max_new_tokens=spec.max_new_tokens)
             model_seconds = time.perf_counter() - t0
-            verdicts = judge_batch(judges, prompts, gens, [s.question for s in samples])
-            log.append([make_record(s, p, g, v) for s, p, g, v in zip(samples, prompts, gens, verdicts)])
+            questions = [s.question for s in samples]
+            # Extraction first: an answer only the extractor read is the one the judges judge.
+            found = extract_batch(extractor, prompts, gens, questions)
+            verdicts = judge_batch(judges, prompts, gens, questions, found)
+            log.append([make_record(*row) for row in zip(samples, prompts, gens, verdicts, found)])
             bar.advance(task, len(chunk))
             if on_batch:
                 on_batch(len(chunk), model_seconds)
-            del chunk, samples, prompts, gens, verdicts  # before the next batch's prompts are built
+            del chunk, samples, prompts, gens, verdicts, found  # before the next batch's prompts are built
 
 
 def family_accuracy(records: Sequence[Mapping]) -> dict[str, dict[str, dict]]:
@@ -642,10 +719,11 @@ def run_rank(
     progress: bool = True,
     on_batch: Callable[[int, float], None] | None = None,
     retry_failed: bool = False,
+    extractor: Extractor | None = None,
 ) -> dict | None:
     """Rank `rank` of a `world`-process run; `sync` is a barrier over all ranks. Rank 0 must hold
     `run_lock(out)` (and have checked the run's identity); it returns the metrics, the others None.
-    `retry_failed`: as run_eval's (rank 0 acts on it for all)."""
+    `retry_failed`: as run_eval's (rank 0 acts on it for all); `extractor`: as run_eval's."""
     out = Path(out)
     if rank == 0:
         prepare(out, retry_failed=retry_failed)
@@ -662,7 +740,7 @@ def run_rank(
         with Log(shard_path(out, rank, world)) as log:
             if rank == 0:
                 log.append(errors)
-            _generate_all(model, mine, spec, judges, log, progress, on_batch)
+            _generate_all(model, mine, spec, judges, log, progress, on_batch, extractor)
         sync()  # every shard is complete
     if rank != 0:
         return None

@@ -80,7 +80,7 @@ def _max_over_ranks(state: Any, value: int) -> int:
 
 
 def run_distributed(
-    load: Callable[[], tuple[Any, Sequence]],
+    load: Callable[[], tuple[Any, Sequence, Any]],
     samples: Sequence[Sample],
     spec: RunSpec,
     out: str | Path,
@@ -88,8 +88,8 @@ def run_distributed(
     retry_failed: bool = False,
 ) -> dict | None:
     """This process's rank of a launched run (torchrun / accelerate launch): rank 0 takes the run lock
-    and checks the run before any rank loads its model (`load() -> (model, judges)`), so a refused
-    run costs no loading; returns the metrics on rank 0, None on the others."""
+    and checks the run before any rank loads its model (`load() -> (model, judges, extractor)`), so
+    a refused run costs no loading; returns the metrics on rank 0, None on the others."""
     import torch
     from accelerate import PartialState
 
@@ -114,7 +114,7 @@ def run_distributed(
                 # Rank 0 says why, once. The others leave quietly: a rank that failed would make the
                 # launcher stop rank 0, maybe before it has said it.
                 return None
-            model, judges = load()
+            model, judges, extractor = load()
             return run_rank(
                 model,
                 samples,
@@ -126,6 +126,7 @@ def run_distributed(
                 judges=judges,
                 progress=rank == 0,
                 retry_failed=retry_failed,
+                extractor=extractor,
             )
     finally:
         state.destroy_process_group()

@@ -2,7 +2,9 @@
 
 The whole batch is one `generate` call, so the backend's concurrency and cache serve the judge too.
 Whatever goes wrong (the call raises, a Generation carries an error, the reply makes no sense) the
-verdict is `error`: a judge that cannot tell must never count as `consistent`.
+verdict is `error`: a judge that cannot tell must never count as `consistent`. The machinery (`ask`,
+`text_prompt`, `reply_objects`, `named_option`) serves every LLM that reads a model's output, the
+answer extractor (extract.py) too.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vlmstress.data.schema import letters
@@ -61,16 +63,11 @@ class LLMJudge:
                 verdicts[i] = self._verdict(items[i], generation)
         return [v for v in verdicts if v is not None]
 
-    def _ask(self, items: list[JudgeItem]) -> list[Generation | None]:
-        prompts = [judge_prompt(item) for item in items]
-        try:
-            generations = self.model.generate(prompts, max_new_tokens=self.max_new_tokens)
-        except Exception:  # a failed backend fails these verdicts, never the run
-            return [None] * len(items)
-        return list(generations) if len(generations) == len(items) else [None] * len(items)
+    def _ask(self, items: list[JudgeItem]) -> list[Generation]:
+        return ask(self.model, [judge_prompt(item) for item in items], self.max_new_tokens)
 
-    def _verdict(self, item: JudgeItem, generation: Generation | None) -> Verdict:
-        if generation is None or generation.error is not None:
+    def _verdict(self, item: JudgeItem, generation: Generation) -> Verdict:
+        if generation.error is not None:
             return Verdict("error", None, self.name)
         reply = parse_reply(generation.text, item.options)
         if reply is None:
@@ -84,6 +81,31 @@ def _judgeable(item: JudgeItem) -> bool:
     return bool(item.think and item.think.strip()) and item.answer is not None
 
 
+def ask(model: VLM, prompts: list[Prompt], max_new_tokens: int) -> list[Generation]:
+    """One `generate` call for the batch, a Generation per prompt. A backend that raises or answers
+    the wrong number of prompts fails each of these answers (a Generation with an `error`, saying
+    why), never the run."""
+    try:
+        generations = list(model.generate(prompts, max_new_tokens=max_new_tokens))
+    except Exception as exc:
+        return [Generation("", error=f"{type(exc).__name__}: {exc}")] * len(prompts)
+    if len(generations) != len(prompts):
+        return [Generation("", error=f"{len(generations)} replies to {len(prompts)} prompts")] * len(prompts)
+    return generations
+
+
+def text_prompt(kind: str, user: str) -> Prompt:
+    """A text-only Prompt of `kind` (judge, extract). The id names the content, so a replayed or
+    cached reply matches its item and nothing else."""
+    sample_id = f"{kind}-" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:16]
+    return Prompt(sample_id=sample_id, variant=kind, user=user, image=None, options=(), target=None)
+
+
+def lettered(options: Sequence[str]) -> str:
+    """The options one a line, as the model saw them: "A. left"."""
+    return "\n".join(f"{ltr}. {text}" for ltr, text in zip(letters(len(options)), options, strict=True))
+
+
 def judge_prompt(item: JudgeItem) -> Prompt:
     option_letters = letters(len(item.options))
     answer = item.answer or ""
@@ -91,13 +113,11 @@ def judge_prompt(item: JudgeItem) -> Prompt:
         answer = f"{answer} ({item.options[option_letters.index(answer)]})"
     user = JUDGE_PROMPT.format(
         question=item.question.strip(),
-        options="\n".join(f"{ltr}. {text}" for ltr, text in zip(option_letters, item.options, strict=True)),
+        options=lettered(item.options),
         think=(item.think or "").strip(),
         answer=answer,
     )
-    # The id names the content, so a replayed or cached judgement matches its item and nothing else.
-    sample_id = "judge-" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:16]
-    return Prompt(sample_id=sample_id, variant="judge", user=user, image=None, options=(), target=None)
+    return text_prompt("judge", user)
 
 
 def parse_reply(text: str, options: Sequence[str]) -> tuple[str | None, bool] | None:
@@ -107,15 +127,23 @@ def parse_reply(text: str, options: Sequence[str]) -> tuple[str | None, bool] | 
     literals); strict about what it says. The last usable object wins, since a model that thinks aloud
     may quote the format before it answers.
     """
-    for candidate in reversed(_OBJECT.findall(text)):
-        data = _loads(candidate)
-        if data is None or "consistent" not in data:
+    for data in reply_objects(text):
+        if "consistent" not in data:
             continue
         consistent = _bool(data["consistent"])
-        named, supports = _option(data.get("supports"), options)
+        named, supports = named_option(data.get("supports"), options)
         if consistent is not None and named:
             return supports, consistent
     return None
+
+
+def reply_objects(text: str) -> Iterator[dict[str, Any]]:
+    """The flat JSON objects in a reply, last first (tolerant of prose, fences, think blocks,
+    single quotes and Python literals around them)."""
+    for candidate in reversed(_OBJECT.findall(text)):
+        data = _loads(candidate)
+        if data is not None:
+            yield data
 
 
 def _loads(candidate: str) -> dict[str, Any] | None:
@@ -142,7 +170,7 @@ def _bool(value: Any) -> bool | None:
     return None
 
 
-def _option(value: Any, options: Sequence[str]) -> tuple[bool, str | None]:
+def named_option(value: Any, options: Sequence[str]) -> tuple[bool, str | None]:
     """(valid, letter): the option `value` names, (True, None) for "none", (False, None) for nonsense."""
     if value is None:
         return True, None

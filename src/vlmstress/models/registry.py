@@ -165,3 +165,23 @@ def check_judge_spec(spec: str) -> str:
         raise UsageError(
             f"bad judge SPEC {redact_spec(spec)!r}: expected rule or a model SPEC ({MODEL_FORMS})"
         ) from None
+
+
+def load_extractor(spec: str, **model_options: Any):
+    """Any model SPEC as the answer extractor (extract.LLMExtractor; `model_options` go to that
+    model's backend), named by its SPEC without secrets, as it is written into records."""
+    from vlmstress.extract import LLMExtractor
+
+    check_extract_spec(spec)
+    return LLMExtractor(load_model(spec, **model_options), name=redact_spec(spec))
+
+
+def check_extract_spec(spec: str) -> str:
+    """The extractor's model kind, or a UsageError: cheap, so a bad SPEC is refused before
+    anything loads."""
+    try:
+        return parse_spec(spec)[0]
+    except UsageError:
+        raise UsageError(
+            f"bad extract SPEC {redact_spec(spec)!r}: expected a model SPEC ({MODEL_FORMS})"
+        ) from None
