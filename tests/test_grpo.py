@@ -444,3 +444,22 @@ def test_lora_quantization_and_report_to_errors(policy_dir, tmp_path, monkeypatc
         config(policy_dir, tmp_path, report_to="none"), seed=0, out=tmp_path, reward_weights=[1]
     )
     assert args.report_to in ("none", [], ["none"])
+
+
+def test_the_one_gpu_lora_config_reaches_peft_and_trl(tmp_path):
+    """configs/grpo-qwen2.5-vl-7b-lora.yaml as shipped: its adapter settings become a LoraConfig that
+    leaves the vision tower out, and its batch is the 8-GPU config's 16 prompts x 8 a step."""
+    from pathlib import Path
+
+    from vlmstress.train.grpo import VISION_TOWERS, peft_config
+
+    path = Path(__file__).parent.parent / "configs" / "grpo-qwen2.5-vl-7b-lora.yaml"
+    cfg = load_config(path, GRPORunConfig)
+    lora = peft_config(cfg)
+    assert (lora.r, lora.lora_alpha, lora.exclude_modules) == (16, 32, VISION_TOWERS)
+    assert re.fullmatch(VISION_TOWERS, "model.visual.blocks.0.mlp.gate_proj")
+    assert not re.fullmatch(VISION_TOWERS, "model.language_model.layers.0.mlp.gate_proj")
+    cfg = cfg.model_copy(update={"trl": {"use_cpu": True}})  # bf16 on a machine without GPUs
+    args = trl_config(cfg, seed=0, out=tmp_path, reward_weights=[0.1, 1.0])
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 16 * 8
+    assert args.report_to == ["tensorboard"] and cfg.max_pixels == 1280 * 28 * 28
