@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import re
@@ -369,3 +370,96 @@ def test_trl_scores_completions_as_our_forward_pass_does(policy_dir, tmp_path):
             torch.testing.assert_close(trl_logps[i][:n], ours, atol=1e-4, rtol=1e-4)
             checked += 1
     assert checked >= len(batch) // 2
+
+
+# -- LoRA / QLoRA, image caps, report_to ------------------------------------------------------------
+
+
+def test_lora_run_trains_the_adapter_alone_and_its_merged_policy_evaluates(policy_dir, tmp_path):
+    """Two LoRA steps: the adapter moves and no base weight does (the final folder is exactly base +
+    the merged adapter update), checkpoints hold the adapter as safetensors and no .bin, the vision
+    tower has no adapter, and the final folder evaluates as `tiny:DIR` with no peft involved."""
+    from transformers import AutoModelForImageTextToText
+
+    from vlmstress.api import evaluate
+
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    dyn = {"at_start": False, "eval_every": 100, "n": 2, "variants": ["base"], "max_new_tokens": 16}
+    small = {"max_steps": 2, "max_pixels": 32 * 32}
+    cfg = config(policy_dir, tmp_path, lora=lora, dynamics=dyn, **small)
+    out = tmp_path / "run"
+    final = train_grpo(cfg, out=out, log=lambda _: None)
+    adapter = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
+    assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
+    assert not any("visual" in k for k in adapter)  # the vision tower stays frozen
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at 0
+    assert not list(out.rglob("*.bin")) and not (out / "checkpoint-2" / "model.safetensors").exists()
+    assert load_file(final / "adapter" / "adapter_model.safetensors").keys() == adapter.keys()
+
+    def weights(folder):
+        return AutoModelForImageTextToText.from_pretrained(folder).state_dict()
+
+    base, merged, scale = weights(policy_dir), weights(final), lora["alpha"] / lora["r"]
+    adapted = {k.removeprefix("base_model.model.").split(".lora_")[0] + ".weight" for k in adapter}
+    final_adapter = load_file(final / "adapter" / "adapter_model.safetensors")
+    for key in base:
+        expected = base[key]
+        if key in adapted:  # W + (alpha / r) B A, with W as it was before training
+            prefix = "base_model.model." + key.removesuffix(".weight")
+            a, b = final_adapter[prefix + ".lora_A.weight"], final_adapter[prefix + ".lora_B.weight"]
+            expected = expected + scale * b @ a
+        torch.testing.assert_close(merged[key], expected, msg=key)
+    assert len(adapted) == 7 * 2  # 7 projections x 2 layers of the test-size model
+    # the training image cap went to the processor, and is saved with the policy
+    assert json.loads((final / "preprocessor_config.json").read_text())["size"]["longest_edge"] == 32 * 32
+    result = evaluate(f"tiny:{final}", "synth:2", variants=["base"], max_new_tokens=16)
+    assert len(result.records) == 1 * 2 and all(r.get("error") is None for r in result.records)
+
+
+def test_lora_quantization_and_report_to_errors(policy_dir, tmp_path, monkeypatch):
+    """Bad LoRA / reporting settings are one-line UsageErrors, made before anything is created."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = config(policy_dir, tmp_path, lora={"quantization": "4bit"})
+    with pytest.raises(UsageError, match="needs a CUDA GPU") as err:
+        train_grpo(cfg, out=tmp_path / "qlora", log=lambda _: None)
+    assert "\n" not in str(err.value) and not (tmp_path / "qlora").exists()
+    for bad, words in [
+        ({"report_to": "mlflow"}, "report_to.0: Input should be 'tensorboard', 'wandb' or 'none'"),
+        ({"report_to": ["none", "tensorboard"]}, "none cannot be combined"),
+        ({"lora": {"quantization": "2bit"}}, "lora.quantization"),
+        ({"lora": {"r": 0}}, "lora.r"),
+        ({"min_pixels": 4096, "max_pixels": 1024}, "min_pixels 4096 is above max_pixels 1024"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(words)) as err:
+            config(policy_dir, tmp_path, **bad)
+        assert "\n" not in str(err.value)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real_find_spec(n, *a)
+    )
+    with pytest.raises(UsageError, match="report_to wandb needs wandb installed"):
+        train_grpo(config(policy_dir, tmp_path, report_to=["wandb"]), out=tmp_path / "wb")
+    assert not (tmp_path / "wb").exists()
+    args = trl_config(
+        config(policy_dir, tmp_path, report_to="none"), seed=0, out=tmp_path, reward_weights=[1]
+    )
+    assert args.report_to in ("none", [], ["none"])
+
+
+def test_the_one_gpu_lora_config_reaches_peft_and_trl(tmp_path):
+    """configs/grpo-qwen2.5-vl-7b-lora.yaml as shipped: its adapter settings become a LoraConfig that
+    leaves the vision tower out, and its batch is the 8-GPU config's 16 prompts x 8 a step."""
+    from pathlib import Path
+
+    from vlmstress.train.grpo import VISION_TOWERS, peft_config
+
+    path = Path(__file__).parent.parent / "configs" / "grpo-qwen2.5-vl-7b-lora.yaml"
+    cfg = load_config(path, GRPORunConfig)
+    lora = peft_config(cfg)
+    assert (lora.r, lora.lora_alpha, lora.exclude_modules) == (16, 32, VISION_TOWERS)
+    assert re.fullmatch(VISION_TOWERS, "model.visual.blocks.0.mlp.gate_proj")
+    assert not re.fullmatch(VISION_TOWERS, "model.language_model.layers.0.mlp.gate_proj")
+    cfg = cfg.model_copy(update={"trl": {"use_cpu": True}})  # bf16 on a machine without GPUs
+    args = trl_config(cfg, seed=0, out=tmp_path, reward_weights=[0.1, 1.0])
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 16 * 8
+    assert args.report_to == ["tensorboard"] and cfg.max_pixels == 1280 * 28 * 28

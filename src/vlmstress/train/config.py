@@ -153,6 +153,30 @@ class DynamicsSettings(Strict):
     at_start: bool = True  # also evaluate the initial policy (step 0)
 
 
+# Qwen2.5-VL's language-model projections (attention and MLP): the usual LoRA targets of its LLM.
+QWEN_LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraSettings(Strict):
+    """LoRA adapters (peft) trained in place of the whole policy: GRPOTrainer's `peft_config`. With
+    beta > 0 TRL's reference model is the same model with the adapters off, so no second copy."""
+
+    r: int = Field(default=16, gt=0)  # the adapters' rank
+    alpha: int = Field(default=32, gt=0)  # scale alpha / r of the adapters' update
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    # module names (a name's last part) that get adapters; the default is Qwen2.5-VL's language model
+    target_modules: list[str] = Field(default_factory=lambda: list(QWEN_LM_PROJECTIONS), min_length=1)
+    # false: the vision tower stays frozen, even where its layers share those names (Qwen2.5-VL's
+    # vision MLP has gate_proj / up_proj / down_proj too); true: they get adapters as well
+    vision: bool = False
+    # QLoRA: the frozen base loads quantized by bitsandbytes (CUDA only) and the adapters train in
+    # bf16; the final merged policy is saved unquantized, in `dtype` (train/grpo.py save_final)
+    quantization: Literal["4bit", "8bit"] | None = None
+
+
+ReportTo = Literal["tensorboard", "wandb", "none"]
+
+
 class GRPORunConfig(Strict):
     """`vlmstress train grpo --config FILE.yaml`: what to train, on what, rewarded how.
 
@@ -181,6 +205,15 @@ class GRPORunConfig(Strict):
     judge: str = "rule"  # the judge of faithful reward terms: rule or a model SPEC
     augment: AugmentRates = Field(default_factory=AugmentRates)
     dynamics: DynamicsSettings = Field(default_factory=DynamicsSettings)
+    # LoRA / QLoRA instead of full fine-tuning (`pip install -e ".[lora]"`); None: every weight trains
+    lora: LoraSettings | None = None
+    # The image processor's resolution caps (pixels per image) for training and dynamics prompts, as
+    # evaluation's processor_kwargs; None: the init checkpoint's own. Saved with the final policy.
+    max_pixels: int | None = Field(default=None, gt=0)
+    min_pixels: int | None = Field(default=None, gt=0)
+    # Where the Trainer's logs go (GRPOConfig.report_to): tensorboard (out/runs), wandb (its WANDB_*
+    # variables come from the environment; never put a key here), none; one name or a list.
+    report_to: list[ReportTo] = Field(default_factory=lambda: ["tensorboard"], min_length=1)
 
     # trl.GRPOConfig settings (TRL counts per_device_train_batch_size in completions, not prompts)
     max_steps: int = Field(default=1000, gt=0)
@@ -232,6 +265,23 @@ class GRPORunConfig(Strict):
             if not float(self.warmup_steps).is_integer():
                 raise ValueError("warmup_steps must be a whole number of steps or a fraction below 1")
             self.warmup_steps = int(self.warmup_steps)
+        return self
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_name_or_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _report_to_none_alone(self) -> GRPORunConfig:
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ValueError("report_to: none cannot be combined with other integrations")
+        return self
+
+    @model_validator(mode="after")
+    def _pixel_caps_in_order(self) -> GRPORunConfig:
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}")
         return self
 
     @model_validator(mode="after")

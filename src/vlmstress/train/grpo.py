@@ -13,7 +13,10 @@ What this module adds around the trainer:
   Trainer writes them and reloads them with `weights_only=True`; the training arguments as JSON in
   place of the Trainer's pickled training_args.bin), and automatic resume from the newest complete
   one in the output folder; one trainer per folder (train_lock); the final policy in `out/final`,
-  loadable as `tiny:out/final` or `hf:out/final`.
+  loadable as `tiny:out/final` or `hf:out/final`;
+- optionally LoRA / QLoRA (peft, `lora:` in the config): TRL wraps the policy, checkpoints hold the
+  adapter alone (adapter_model.safetensors), and `out/final` holds the adapter merged into the
+  unquantized base, so it evaluates as any other policy (the adapter itself in `out/final/adapter`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,18 @@ from vlmstress.train.config import GRPORunConfig, load_config
 Log = Callable[[str], None]
 
 
-def load_policy(init: str, dtype: str = "auto", *, weights_from: str | None = None) -> tuple[Any, Any]:
+def load_policy(
+    init: str,
+    dtype: str = "auto",
+    *,
+    weights_from: str | None = None,
+    quantization: str | None = None,
+    pixel_caps: dict[str, int] | None = None,
+) -> tuple[Any, Any]:
     """(model, processor) of a model SPEC; the processor pads left and continues prefills.
+
+    `quantization` (4bit, 8bit) loads the weights through bitsandbytes for QLoRA; `pixel_caps`
+    (max_pixels, min_pixels) bound the image resolution, as evaluation's hf processor_kwargs do.
 
     `weights_from` (a Trainer checkpoint folder) loads the weights from there instead. This is how a
     run resumes: transformers 5.24's Trainer reloads checkpoint weights with a bare
@@ -46,13 +59,46 @@ def load_policy(init: str, dtype: str = "auto", *, weights_from: str | None = No
     the initial weights (transformers#43701). `from_pretrained` converts the keys; the Trainer still
     restores optimizer, scheduler, RNG and step (its missing-keys warning is silenced, train_grpo).
     """
-    import torch
     from transformers import AutoModelForImageTextToText
 
     from vlmstress.models.hf import load_processor
+    from vlmstress.train.augment import install_prefill_template
+
+    path, torch_dtype = init_path(init), _torch_dtype(dtype)
+    extra = _quantized_loading(quantization, torch_dtype) if quantization else {}
+    model = AutoModelForImageTextToText.from_pretrained(weights_from or path, dtype=torch_dtype, **extra)
+    # TRL builds the KL reference model (beta > 0) from this name: it must stay the initial policy.
+    model.config._name_or_path = path
+    processor = cap_pixels(load_processor(path), **(pixel_caps or {}))
+    processor.tokenizer.padding_side = "left"
+    return model, install_prefill_template(processor)
+
+
+def cap_pixels(processor: Any, max_pixels: int | None = None, min_pixels: int | None = None) -> Any:
+    """`processor` with its images resized to at most `max_pixels` and at least `min_pixels` pixels.
+
+    Qwen2-VL-family image processors hold the caps as size.longest_edge / size.shortest_edge; set
+    there, they are saved with the policy. (Given to from_pretrained as `max_pixels=`, the way the
+    hf backend passes processor_kwargs, transformers 5 keeps them as a per-call argument and warns on
+    every call that the form is deprecated.)"""
+    if max_pixels is None and min_pixels is None:
+        return processor
+    image_processor = processor.image_processor
+    size = getattr(image_processor, "size", None)
+    if not dataclasses.is_dataclass(size) or not hasattr(size, "longest_edge"):
+        raise UsageError(f"max_pixels / min_pixels: {type(image_processor).__name__} takes no pixel caps")
+    longest = size.longest_edge if max_pixels is None else max_pixels
+    shortest = size.shortest_edge if min_pixels is None else min_pixels
+    if shortest is not None and longest is not None and shortest > longest:
+        raise UsageError(f"min_pixels {shortest} is above max_pixels {longest} (one set by the checkpoint)")
+    image_processor.size = dataclasses.replace(size, longest_edge=longest, shortest_edge=shortest)
+    return processor
+
+
+def init_path(init: str) -> str:
+    """The folder or hub id a GRPO init SPEC loads from (a UsageError for any other SPEC)."""
     from vlmstress.models.registry import parse_spec
     from vlmstress.models.tiny import ASSET_DIR
-    from vlmstress.train.augment import install_prefill_template
 
     kind, target = parse_spec(init)
     if kind == "tiny":
@@ -60,18 +106,80 @@ def load_policy(init: str, dtype: str = "auto", *, weights_from: str | None = No
         if not (path / "config.json").is_file():
             hint = "the shipped tiny weights are not installed" if not target else "not a checkpoint folder"
             raise UsageError(f"init {init!r}: {hint} ({path} has no config.json)")
-        path = str(path)
-    elif kind == "hf":
-        path = target
+        return str(path)
+    if kind == "hf":
+        return str(target)
+    raise UsageError(f"init must be tiny, tiny:DIR or hf:ID_OR_PATH, got {init!r}")
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    return dtype if dtype == "auto" else getattr(torch, dtype)
+
+
+def _quantized_loading(quantization: str, torch_dtype: Any) -> dict[str, Any]:
+    """from_pretrained's arguments for a QLoRA base: NF4 with double quantization (the QLoRA paper's
+    choice) computing in bf16 unless the config says float16, or LLM.int8; each process's copy is
+    placed on its own GPU at load (bitsandbytes cannot be moved there afterwards)."""
+    import torch
+    from accelerate import PartialState
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        compute = torch.float16 if torch_dtype == torch.float16 else torch.bfloat16
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
     else:
-        raise UsageError(f"init must be tiny, tiny:DIR or hf:ID_OR_PATH, got {init!r}")
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForImageTextToText.from_pretrained(weights_from or path, dtype=torch_dtype)
-    # TRL builds the KL reference model (beta > 0) from this name: it must stay the initial policy.
-    model.config._name_or_path = path
-    processor = load_processor(path)
-    processor.tokenizer.padding_side = "left"
-    return model, install_prefill_template(processor)
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": bnb, "device_map": {"": PartialState().local_process_index}}
+
+
+# Module names of vision towers (Qwen2-VL / Qwen2.5-VL: visual; LLaVA-style: vision_tower; Idefics3,
+# SmolVLM: vision_model): no adapter goes there unless lora.vision says so.
+VISION_TOWERS = r".*\b(visual|vision_tower|vision_model)\b.*"
+
+
+def peft_config(cfg: GRPORunConfig) -> Any:
+    """The peft.LoraConfig of `cfg.lora` (None: full fine-tuning), given to GRPOTrainer."""
+    if cfg.lora is None:
+        return None
+    from peft import LoraConfig
+
+    lora = cfg.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        exclude_modules=None if lora.vision else VISION_TOWERS,
+        task_type="CAUSAL_LM",
+    )
+
+
+def check_runtime(cfg: GRPORunConfig) -> None:
+    """What the config asks of this machine and its packages, checked before anything is created:
+    peft for LoRA, CUDA and bitsandbytes for QLoRA, wandb when it is reported to."""
+    import importlib.util
+
+    import torch
+
+    if cfg.lora is not None and importlib.util.find_spec("peft") is None:
+        raise UsageError("lora needs peft installed: pip install 'vlmstress[lora]'")
+    quantization = cfg.lora.quantization if cfg.lora else None
+    if quantization and not torch.cuda.is_available():
+        raise UsageError(
+            f"lora.quantization {quantization} needs a CUDA GPU (bitsandbytes); this torch sees none: "
+            "drop it to train LoRA on an unquantized base"
+        )
+    if quantization and importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError(f"lora.quantization {quantization} needs bitsandbytes: pip install bitsandbytes")
+    if "wandb" in cfg.report_to and importlib.util.find_spec("wandb") is None:
+        raise UsageError("report_to wandb needs wandb installed: pip install wandb (or use tensorboard)")
 
 
 def reward_functions(cfg: GRPORunConfig) -> tuple[list[Callable], list[float]]:
@@ -146,7 +254,7 @@ def trl_config(cfg: GRPORunConfig, *, seed: int, out: Path, reward_weights: Sequ
         data_seed=seed,
         reward_weights=list(reward_weights),
         save_strategy="steps",
-        report_to=["tensorboard"],
+        report_to=list(cfg.report_to),
         remove_unused_columns=False,
         # fp16 is never on by default here: GRPOConfig turns bf16 on unless told otherwise
         fp16=False,
@@ -195,10 +303,19 @@ def build_trainer(
     from vlmstress.train.dynamics import DynamicsCallback
 
     # The cheap checks first (TRL's own included), so a bad setting fails before data and weights load.
+    check_runtime(cfg)
     funcs, weights = reward_functions(cfg)
     args = trl_config(cfg, seed=seed, out=out, reward_weights=weights)
     set_seed(seed)
-    model, processor = load_policy(cfg.init, cfg.dtype, weights_from=resume)
+    model, processor = load_policy(
+        cfg.init,
+        cfg.dtype,
+        # a LoRA checkpoint holds the adapter alone: the base loads from init, and the Trainer's
+        # resume loads the adapter (peft's own names, which need none of the conversion above)
+        weights_from=resume if cfg.lora is None else None,
+        quantization=cfg.lora.quantization if cfg.lora else None,
+        pixel_caps=pixel_caps(cfg),
+    )
     samples = load_training_samples(cfg.data, cfg.data_seed, log=log)
     system = resolve_system(cfg.init, cfg.system)
     dataset = build_dataset(samples, seed, cfg.augment.model_dump(), cfg.template, system)
@@ -232,10 +349,17 @@ def build_trainer(
         train_dataset=dataset,
         processing_class=processor,
         callbacks=[dynamics, _args_as_json_callback(), *callbacks],
+        peft_config=peft_config(cfg),
         length_groups=cfg.length_groups,
     )
     dynamics.trainer = trainer
     return trainer, dynamics
+
+
+def pixel_caps(cfg: GRPORunConfig) -> dict[str, int]:
+    """The processor's resolution caps the config sets (none: the checkpoint's own)."""
+    caps = {"max_pixels": cfg.max_pixels, "min_pixels": cfg.min_pixels}
+    return {k: v for k, v in caps.items() if v is not None}
 
 
 def base_model_name(init: str) -> str:
@@ -375,6 +499,7 @@ def train_grpo(
 
     seed = cfg.seed if seed is None else seed
     out = Path(out or cfg.out)
+    check_runtime(cfg)
     if cfg.template not in TEMPLATES:
         raise UsageError(f"unknown template {cfg.template!r}; known: {', '.join(TEMPLATES)}")
     resolve_variants(",".join(cfg.dynamics.variants))
@@ -415,7 +540,10 @@ def _train_locked(cfg: GRPORunConfig, *, seed: int, out: Path, log: Log, callbac
         accelerator.get_state_dict(trainer.model_wrapped) if sharding.weights_sharded(accelerator) else None
     )
     if main_process:
-        save_policy(trainer.model, trainer.processing_class, final, state_dict=state_dict)
+        if cfg.lora is None:
+            save_policy(trainer.model, trainer.processing_class, final, state_dict=state_dict)
+        else:
+            save_merged_policy(cfg, trainer.model, trainer.processing_class, final, state_dict=state_dict)
         log(f"final policy in {final}; dynamics in {out / 'dynamics.jsonl'}")
     accelerator.wait_for_everyone()  # no process returns before the policy is on disk
     return final
@@ -433,6 +561,25 @@ def save_policy(model: Any, processor: Any, out: Path, *, state_dict: dict | Non
         processor.tokenizer.save_pretrained(out)
         processor.image_processor.save_pretrained(out)
     return out
+
+
+def save_merged_policy(
+    cfg: GRPORunConfig, model: Any, processor: Any, out: Path, *, state_dict: dict | None = None
+) -> Path:
+    """A LoRA run's final policy: the adapter in out/adapter (adapter_model.safetensors), and in
+    `out` the base with the adapter merged, a plain checkpoint that `tiny:DIR` / `hf:DIR` load with
+    no peft. The base is loaded again, unquantized and in `dtype`: merging into a QLoRA run's 4-bit
+    base would round the update away and leave weights only bitsandbytes (on CUDA) can read."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    adapter = out / "adapter"
+    model.save_pretrained(adapter, state_dict=state_dict)  # peft writes only the adapter's weights
+    base = AutoModelForImageTextToText.from_pretrained(init_path(cfg.init), dtype=_torch_dtype(cfg.dtype))
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    # TRL set the trained model's pad token in its generation config: keep it, as a full run's final does
+    merged.generation_config = model.get_base_model().generation_config
+    return save_policy(merged, processor, out)
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
