@@ -13,12 +13,13 @@ Five families mirror the paper's benchmarks:
 - attribute (V*): what colour is the small X?
 - twohop    (Spatial-MM Multihop): what colour is the shape left of the X?
 
-A difficulty axis: a third of the attribute, two-hop and count samples are *hard*. In a hard colour
-question the object's colour is mixed 35-50% of the way toward a confuser (one of the other options),
-so near half-way it cannot be told from the image; in a hard count one of the counted objects is faint
-(mixed 55-75% toward the floor under it), and the confuser is one fewer. Real models are unsure
-because some questions are hard; so is a model trained on this. `facts["difficulty"]` records it per
-sample ("easy" / "hard", with `confuser` and `blend` when hard), so reports can slice by it.
+A difficulty axis: 40% of the colour questions (attribute, two-hop) are *hard*: the object's colour
+is mixed 40-60% of the way toward a confuser (one of the other options), an even blend that the image
+cannot resolve (the same picture arises from the confuser mixed toward the true colour), so the best
+possible answer is a coin flip between the two. Real models are unsure because some questions are
+ambiguous; a model trained on this can learn to say so, in its reasoning and in its letter
+probabilities. `facts["difficulty"]` records it per sample ("easy" / "hard", with `confuser`, `blend`
+and the drawn colour when hard), so reports can slice by it.
 
 Every sample carries its scene facts, from which correct or wrong reasoning and captions are
 written for any option (think_text, caption_text), in the words the tiny model is trained on. On a
@@ -55,11 +56,11 @@ RELATIONS = ("left of", "right of", "above", "below")
 VALUE_WORDS = (*SHAPES, *COLOURS, *RELATIONS, *RADIUS, "largest")
 FAMILIES = ("spatial", "count", "depth", "attribute", "twohop")
 # The families with a difficulty axis, the share of their samples drawn hard, and how far a hard
-# sample's decisive colour is mixed toward its confuser (colour families) or the floor (count).
-HARD_FAMILIES = ("count", "attribute", "twohop")
-HARD_SHARE = 1 / 3
-COLOUR_BLEND = (0.35, 0.5)
-FAINT_BLEND = (0.55, 0.75)
+# sample's decisive colour is mixed toward its confuser: symmetric around 1/2, so that no mix tells
+# which of the two colours is the true one (a mix at share t toward b looks like b mixed 1 - t toward a).
+HARD_FAMILIES = ("attribute", "twohop")
+HARD_SHARE = 0.4
+COLOUR_BLEND = (0.4, 0.6)
 # The split is part of the seed, so train and test scenes come from disjoint random streams; the
 # test set is also filtered against nothing else, so a duplicate scene is possible but not shared.
 SPLIT_SALT = {"train": 1, "test": 2, "val": 3}
@@ -231,43 +232,21 @@ def draw(
     return img
 
 
-def _decisive(objs: list[Obj], family: str, facts: dict) -> list[int]:
-    """Indices of the objects a hard sample may make hard to read: the colour families' one object,
-    the counted shapes of a count."""
-    if family == "count":
-        return [i for i, o in enumerate(objs) if o.shape == facts["subject"]]
+def _make_hard(rng, family, objs, options, facts):
+    """The hard version's confuser and mixed colour, drawn after the scene (so a sample's scene is
+    the one it had before the difficulty axis existed)."""
     shape = facts["subject"] if family == "attribute" else facts["hop"]
-    return [i for i, o in enumerate(objs) if o.shape == shape]
-
-
-def _make_hard(rng, family, objs, jitter, options, target, facts):
-    """Draw the hard version's confuser and mix (drawn after the scene, so an easy sample is the same
-    scene it was before the difficulty axis existed); a count's confuser joins the options if absent."""
-    which = rng.choice(_decisive(objs, family, facts))
-    o = objs[which]
-    if family == "count":
-        t = rng.uniform(*FAINT_BLEND)
-        dx, dy = jitter[which]
-        under = floor(o.col * CELL + CELL // 2 + dx, o.row * CELL + CELL // 2 + dy)
-        fill = blend(COLOURS[o.colour], under, t)
-        confuser = str(int(facts["value"]) - 1)
-    else:
-        confuser = rng.choice([v for v in options if v != facts["value"]])
-        t = rng.uniform(*COLOUR_BLEND)
-        fill = blend(COLOURS[o.colour], COLOURS[confuser], t)
-    if confuser not in options:
-        options = list(options)
-        others = [i for i, v in enumerate(options) if i != letters(4).index(target)]
-        options[rng.choice(others)] = confuser
-        options = tuple(options)
-    hard = {
+    which = next(i for i, o in enumerate(objs) if o.shape == shape)
+    confuser = rng.choice([v for v in options if v != facts["value"]])
+    t = rng.uniform(*COLOUR_BLEND)
+    fill = blend(COLOURS[objs[which].colour], COLOURS[confuser], t)
+    return {which: fill}, {
         "difficulty": "hard",
         "confuser": confuser,
         "blend": round(t, 3),
         "confuser_first": rng.random() < 0.5,
         "drawn": {"object": which, "rgb": list(fill)},
     }
-    return {which: fill}, options, hard
 
 
 def make_sample(index: int, seed: int, split: str = "test", family: str | None = None) -> Sample:
@@ -277,7 +256,7 @@ def make_sample(index: int, seed: int, split: str = "test", family: str | None =
     jitter = [(rng.randint(-2, 2), rng.randint(-2, 2)) for _ in objs]
     fills, level = None, {"difficulty": "easy"}
     if family in HARD_FAMILIES and rng.random() < HARD_SHARE:
-        fills, options, level = _make_hard(rng, family, objs, jitter, options, target, facts)
+        fills, level = _make_hard(rng, family, objs, options, facts)
     facts = {"family": family, **facts, **level, "objects": [o.to_json() for o in objs], "jitter": jitter}
     return Sample(
         sample_id=f"synth-{split}-{seed}-{index}",
