@@ -579,7 +579,7 @@ def test_run_against_run_defaults_to_one_reference(study):
 
 def test_progress_lines_while_it_builds(study):
     log = study["log"]
-    assert log[0].startswith("report [") and "loading 4 run folders" in log[0]
+    assert log[0].startswith("report [") and "read 4 run folders" in log[0]
     assert any("sample browser" in line for line in log) and "wrote" in log[-1] and "MB" in log[-1]
 
 

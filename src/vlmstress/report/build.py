@@ -214,7 +214,6 @@ def build_report(
     if all_pairs and reference is not None:
         raise UsageError("report: --all-pairs compares every pair of runs; it takes no --reference")
     step = _stopwatch(log)
-    step(f"loading {_plural(len(dirs), 'run folder')}")
     runs = load_runs([Path(d) for d in dirs])
     ref = resolve_reference(runs, reference)
     out = Path(html) if html is not None else default_html_path(runs)
@@ -224,6 +223,8 @@ def build_report(
         raise UsageError(f"report: --html {out} is a directory; name the HTML file to write")
     check_can_create(out.parent, "report: --html")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Only now, when nothing can be refused: bad usage is one line on stderr, and nothing before it.
+    step(f"read {_plural(len(runs), 'run folder')}")
     context = report_context(runs, findings, ref, all_pairs, step)
     page = writable(render_html(context))
     write_atomic(out, page)
