@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import io
 import json
 import math
 import random
@@ -21,14 +22,20 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest
 
-from vlmstress.cli import main
+from vlmstress.cli import build_parser, main
 from vlmstress.data import synth
+from vlmstress.data.schema import Sample
+from vlmstress.errors import UsageError
 from vlmstress.judge.rule import RuleJudge
 from vlmstress.models.replay import ReplayModel
-from vlmstress.perturb import perturb
-from vlmstress.report import build_report
-from vlmstress.report.runs import load_runs, short_model
+from vlmstress.perturb import perturb, resolve_variants
+from vlmstress.report import build_report, plots
+from vlmstress.report.browser import MAX_ATTEMPTS, MAX_SAMPLES, MIN_SAMPLES, THUMB, shown_ids, thumbnail
+from vlmstress.report.build import resolve_reference
+from vlmstress.report.palette import variant_colours
+from vlmstress.report.runs import Run, load_runs, policy_name, short_model
 from vlmstress.report.stats import dynamics_series, mcnemar, reliability, roc
+from vlmstress.report.tables import comparison_table
 from vlmstress.runlog import read_records
 from vlmstress.runner import RunSpec, run_eval
 
@@ -507,3 +514,127 @@ def test_a_runs_fidelity_warnings_lead_the_page(runs):
     section = text[text.index('id="fidelity"') : text.index('id="runs"')]
     assert "no letter probabilities" in section and "run-b" in section.lower()
     assert metrics_of(runs["a"])["warnings"] == []
+
+
+# --- the report a person reads: a study's folders, labels, sizes ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def study(runs, tmp_path_factory) -> dict:
+    """A study's layout (study.py) around copies of run B (no letter probabilities, so no per-run
+    figures to draw): eval/sft, eval/plain-seed-0, eval/plain-seed-1, and the arm's training folder."""
+    root = tmp_path_factory.mktemp("study")
+    (root / "study.json").write_text("{}")
+    evals = []
+    for name, model in (("sft", "tiny"), ("plain-seed-0", None), ("plain-seed-1", None)):
+        out = root / "eval" / name
+        shutil.copytree(runs["b"], out)
+        seed = name.rsplit("-", 1)[-1]
+        for f in ("config.json", "metrics.json"):  # the SPEC an arm's evaluation records
+            data = json.loads((out / f).read_text())
+            data["model"] = model or f"tiny:{root}/train/plain/seed-{seed}/final"
+            (out / f).write_text(json.dumps(data))
+        evals.append(out)
+    train = root / "train" / "plain" / "seed-0"
+    train.mkdir(parents=True)
+    (train / "dynamics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dynamics_rows()[:6]))
+    lines: list[str] = []
+    html_path = build_report([*evals, root / "train" / "plain"], root / "report.html", log=lines.append)
+    return {"evals": evals, "train": root / "train" / "plain", "html": html_path, "log": lines}
+
+
+def test_study_runs_are_labelled_by_arm_and_seed(study):
+    loaded = load_runs([*study["evals"], study["train"]])
+    assert [r.label for r in loaded] == ["sft", "plain, seed 0", "plain, seed 1", "plain"]
+    assert policy_name("tiny:/tmp/demo/train/faithful/seed-1/final") == "faithful, seed 1"
+    assert policy_name("hf:runs/grpo/checkpoint-40") == "grpo, step 40"
+    assert policy_name("tiny") is None and policy_name("hf:Qwen/Qwen2.5-VL-7B-Instruct") is None
+
+
+def test_training_folders_are_not_runs(study):
+    text = study["html"].read_text()
+    header = re.search(r'<p class="sub">(.*?)</p>', text).group(1)
+    assert header == f"3 runs · {len(VARIANTS)} variants · synth:{N} · training dynamics of plain"
+    runs_table = text[
+        text.index('<table class="runs">') : text.index("</table>", text.index('<table class="runs">'))
+    ]
+    assert runs_table.count("<tr>") == 1 + 3 and "?" not in runs_table
+    assert 'alt="training dynamics"' in text
+
+
+def test_run_against_run_defaults_to_one_reference(study):
+    loaded = load_runs(study["evals"])
+    rows = lambda **kw: [(r.label, r.metric) for r in comparison_table(loaded, **kw).rows]  # noqa: E731
+    assert rows() == [("plain, seed 0", "vs sft"), ("plain, seed 1", "vs sft")]
+    ref = resolve_reference(loaded, "plain-seed-0")  # a folder name does too
+    assert rows(reference=ref) == [("sft", "vs plain, seed 0"), ("plain, seed 1", "vs plain, seed 0")]
+    assert len(rows(all_pairs=True)) == 3
+    with pytest.raises(UsageError, match="none of the evaluation runs"):
+        resolve_reference(loaded, "augment, seed 0")
+    with pytest.raises(UsageError, match="no --reference"):
+        build_report(study["evals"], reference="sft", all_pairs=True)
+    args = build_parser().parse_args(["report", "d1", "d2", "--reference", "sft", "--all-pairs"])
+    assert (args.reference, args.all_pairs) == ("sft", True)
+
+
+def test_progress_lines_while_it_builds(study):
+    log = study["log"]
+    assert log[0].startswith("report [") and "read 4 run folders" in log[0]
+    assert any("sample browser" in line for line in log) and "wrote" in log[-1] and "MB" in log[-1]
+
+
+@pytest.mark.parametrize("path_labels", [False, True], ids=["arm-labels", "checkpoint-paths"])
+def test_accuracy_tick_labels_do_not_overlap(path_labels):
+    variants = resolve_variants("all")
+    names = ["sft"] + [
+        f"{a}, seed {s}" for s in (0, 1) for a in ("plain", "augment", "faithful", "augment+faithful")
+    ]
+    if path_labels:  # what the labels were before a study's runs were named: their policies' paths
+        names = [f"tiny:/tmp/demo/train/{n}/final" for n in names]
+    metrics = {"variants": {v: {"accuracy": 0.5, "accuracy_ci": [0.4, 0.6]} for v in variants}}
+    fake = [Run(i, Path(f"/r/{i}"), n, {}, metrics, [], []) for i, n in enumerate(names)]
+    fig = plots.accuracy_figure(fake, variants, variant_colours(variants))
+    fig.draw_without_rendering()
+    (ax,) = fig.axes
+    boxes = plots.tick_label_boxes(ax)
+    assert len(boxes) == len(names)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert fig.get_figwidth() <= plots.MAX_WIDTH
+    # the bars keep most of the figure: labels may not squeeze the axes flat
+    assert ax.get_window_extent().height > 0.4 * fig.bbox.height
+
+
+def test_thumbnails_are_small():
+    from PIL import Image
+
+    photo = Image.effect_noise((640, 480), 60).convert("RGB")  # a photograph's worth of detail
+    uri = thumbnail(Sample("p", "q", ("a", "b"), "A", image=photo))
+    assert uri.startswith("data:image/jpeg;base64,") and len(uri) < 12_000
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as img:
+        assert max(img.size) == THUMB
+    drawn = thumbnail(synth.make_sample(0, 0))  # a synthetic picture stays sharp and tiny
+    assert drawn.startswith("data:image/png;base64,") and len(drawn) < 2_000
+
+
+def test_a_studys_page_stays_small(runs):
+    # The browser shows the first samples whose answers fit its budget: a study's 9 runs x 9
+    # variants answer 81 times per sample, so 150 samples would be 12,150 answers.
+    assert len(shown_ids({f"s{i}": 81 for i in range(150)}, MAX_SAMPLES, MAX_ATTEMPTS)) == MAX_ATTEMPTS // 81
+    assert len(shown_ids({f"s{i}": 500 for i in range(20)}, MAX_SAMPLES, MAX_ATTEMPTS)) == MIN_SAMPLES
+    text = runs["text"]
+    figures = sum(map(len, re.findall(r'<img class="plot" src="([^"]+)"', text)))
+    answers = text.count('<div class="attempt"')
+    per_answer = (len(text) - figures) / answers  # the fixed part of the page counted in too
+    per_figure = figures / text.count('<img class="plot"')
+    # a study: 9 runs, 4 arms; 3 figures a run, 1 an arm, accuracy and quadrants
+    assert per_answer * MAX_ATTEMPTS + per_figure * (9 * 3 + 4 + 2) < 5_000_000, (per_answer, per_figure)
+
+
+@needs_chromium
+def test_study_page_in_chromium_has_a_header_without_unknowns(study, tmp_path):
+    done = chromium(study["html"], tmp_path / "profile", "--dump-dom")
+    assert not console_messages(done.stderr)
+    assert 'data-browser-ready="1"' in done.stdout  # loaded, and its script ran to the end
+    header = re.search(r'<header class="top">(.*?)</header>', done.stdout, re.S).group(1)
+    sub = re.search(r'<p class="sub">(.*?)</p>', header).group(1)
+    assert sub.startswith("3 runs · ") and "?" not in header

@@ -205,7 +205,7 @@ def test_a_report_that_is_not_a_studys_has_no_findings(done, tmp_path):
 @pytest.fixture
 def no_report(monkeypatch):
     """The HTML report (matplotlib) is most of a rerun's time, and the first run's test covers it."""
-    monkeypatch.setattr("vlmstress.report.build_report", lambda runs, html, findings=None: html)
+    monkeypatch.setattr("vlmstress.report.build_report", lambda runs, html, findings=None, **_: html)
 
 
 def test_rerun_resumes_without_training_or_evaluating_again(done, config_file, monkeypatch, no_report):

@@ -181,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the HTML page to write; FILE.md and FILE.tex go beside it (default: report.html in the "
         "run folder, or in the runs' common parent)",
     )
+    r.add_argument(
+        "--reference",
+        default=None,
+        metavar="LABEL",
+        help="the run every other run is compared with in 'Run against run': a run's label or folder "
+        "name (default: the first evaluation run)",
+    )
+    r.add_argument(
+        "--all-pairs", action="store_true", help="compare every pair of runs, not each with the reference"
+    )
 
     s = sub.add_parser("data", parents=[user_code], help="write a dataset to disk")
     s.add_argument("what", choices=["synth"], help="synth: the synthetic benchmark (data.jsonl + PNGs)")
@@ -340,7 +350,13 @@ def cmd_train(args) -> int:
 def cmd_report(args) -> int:
     from vlmstress.report import build_report
 
-    html = build_report([Path(d) for d in args.dirs], html=Path(args.html) if args.html else None)
+    html = build_report(
+        [Path(d) for d in args.dirs],
+        html=Path(args.html) if args.html else None,
+        reference=args.reference,
+        all_pairs=args.all_pairs,
+        log=lambda line: print(f"vlmstress: {line}", file=sys.stderr, flush=True),
+    )
     # build_report writes the Markdown and LaTeX tables beside the page: name all three
     print(f"report written to {html}, {html.with_suffix('.md')} and {html.with_suffix('.tex')}")
     return 0

@@ -301,6 +301,7 @@ def _run(
         [e.path for e in evaluations] + [out / "train" / a for a in arms],
         html=out / "report.html",
         findings=summary,
+        log=log,  # nine runs' figures take minutes: say which part it is drawing
     )
     return StudyResult(table=table, study_md=out / "study.md", report=report, evaluations=evaluations)
 

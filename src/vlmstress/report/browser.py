@@ -22,8 +22,14 @@ from vlmstress.perturb import TEMPLATES, Prompt, perturb
 from vlmstress.report.runs import Run
 
 MAX_SAMPLES = 200
+# Answers the browser shows in all (each ~1 KB of page): a study's nine runs under nine variants
+# answer 81 times per sample, and all 150 samples made a 17 MB page. The first samples whose answers
+# fit are shown (never fewer than MIN_SAMPLES); the page says how many it left out.
+MAX_ATTEMPTS = 2000
+MIN_SAMPLES = 10
 MAX_TEXT = 3000  # characters of a response or prefill shown; the rest is counted, not shown
-THUMB = 128
+THUMB = 128  # pixels on the longer side of a browser image (the page shows it at this size)
+JPEG_QUALITY = 80
 _SYNTH_ID = re.compile(r"synth-(train|test|val)-(-?\d+)-(\d+)")
 
 
@@ -104,19 +110,31 @@ def file_samples(data: str) -> dict[str, Sample]:
 
 
 def thumbnail(sample: Sample) -> str | None:
-    """A PNG data URI, small pictures enlarged without smoothing so their pixels stay visible."""
+    """A data URI of the image at most THUMB pixels on its longer side, as PNG or JPEG, whichever
+    is smaller: PNG for drawn pictures (the synthetic ones: a few hundred bytes, sharp), JPEG for
+    photographs (a tenth of their PNG). A small picture is kept at its own size: the page draws it
+    THUMB pixels wide without smoothing, so its pixels stay visible at no cost in bytes."""
     from vlmstress.data.images import load_image
 
     try:
         img = load_image(sample.image)
     except Exception:
         return None
-    scale = THUMB / max(img.size)
-    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    img = img.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
+    if max(img.size) > THUMB:
+        scale = THUMB / max(img.size)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    encoded = [("png", _encoded(img, "PNG", optimize=True))]
+    if img.mode in ("RGB", "L"):  # JPEG has no alpha channel to keep
+        encoded.append(("jpeg", _encoded(img, "JPEG", quality=JPEG_QUALITY, optimize=True)))
+    kind, data = min(encoded, key=lambda e: len(e[1]))
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _encoded(img: Image.Image, fmt: str, **options) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
 
 
 def _cut(text: str | None) -> tuple[str, int]:
@@ -177,16 +195,32 @@ def attempt(run: Run, record: dict, sample: Sample | None) -> Attempt:
     )
 
 
+def shown_ids(answers: dict[str, int], limit: int, max_attempts: int) -> list[str]:
+    """The first sample ids (of `answers`: id -> its number of answers, in log order) the browser
+    shows: at most `limit`, and no more than fit in `max_attempts` answers beyond MIN_SAMPLES."""
+    shown: list[str] = []
+    total = 0
+    for sid, n in answers.items():
+        if len(shown) >= limit or (len(shown) >= MIN_SAMPLES and total + n > max_attempts):
+            break
+        shown.append(sid)
+        total += n
+    return shown
+
+
 def sample_views(
-    runs: Sequence[Run], variant_order: list[str], limit: int = MAX_SAMPLES
+    runs: Sequence[Run],
+    variant_order: list[str],
+    limit: int = MAX_SAMPLES,
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> tuple[list[SampleView], int]:
-    """The first `limit` samples (in the order the runs logged them) and how many there are."""
+    """The first samples (in the order the runs logged them; shown_ids) and how many there are."""
     by_id: dict[str, list[tuple[Run, dict]]] = {}
     for run in runs:
         for r in run.records:
             by_id.setdefault(r["sample_id"], []).append((run, r))
     ids = list(by_id)
-    shown = ids[:limit]
+    shown = shown_ids({sid: len(found) for sid, found in by_id.items()}, limit, max_attempts)
     by_file: dict[str, Sample] = {}
     for data in dict.fromkeys(str(run.config.get("data") or "") for run in runs):
         by_file.update(file_samples(data))

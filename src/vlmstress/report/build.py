@@ -1,10 +1,16 @@
 """`vlmstress report DIR [DIR ...]`: load the runs, build tables, figures and the sample browser,
-write report.html with report.md and report.tex beside it."""
+write report.html with report.md and report.tex beside it.
+
+Evaluation runs (metrics.json) are the report's runs: its tables, figures, browser and run count.
+Training runs (dynamics.jsonl only, e.g. a study's arm folders) feed the training-dynamics figures.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,15 +31,22 @@ from vlmstress.report.palette import (
     order_variants,
     variant_colours,
 )
-from vlmstress.report.runs import Run, load_runs, writable
+from vlmstress.report.runs import UNKNOWN, Run, load_runs, writable
 from vlmstress.report.tables import NULL, all_variants, build_tables
 from vlmstress.runlog import write_atomic
 from vlmstress.usage import check_can_create
+
+Log = Callable[[str], None]
+# Where the progress lines go by default: silent unless the caller configures logging (the command
+# line prints them to stderr instead; a report of a study's nine runs takes a while).
+_logger = logging.getLogger("vlmstress.report")
+MAX_NAMED_TRAINING = 4  # training runs the header names; more are counted
 
 
 @dataclass(frozen=True)
 class RunFigures:
     label: str
+    evaluated: bool
     distribution: str | None
     roc: str | None
     reliability: str | None
@@ -48,19 +61,55 @@ def default_html_path(runs: Sequence[Run]) -> Path:
     return (common if common != Path(common.anchor) else runs[0].path) / "report.html"
 
 
-def _uri(fig: Figure | None) -> str | None:
-    return plots.data_uri(fig) if fig is not None else None
+def _uri(fig: Figure | None, tight: bool = True) -> str | None:
+    return plots.data_uri(fig, tight) if fig is not None else None
 
 
 def run_figures(run: Run, variants: list[str], colours: dict[str, str]) -> RunFigures:
     mine = [v for v in variants if v in run.variants]
+    evaluated = run.evaluated  # a training run has no records: its only figure is its dynamics
     return RunFigures(
         label=run.label,
-        distribution=_uri(plots.distribution_figure(run, mine, colours)),
-        roc=_uri(plots.roc_figure(run, mine, colours)),
-        reliability=_uri(plots.reliability_figure(run, mine, colours)),
+        evaluated=evaluated,
+        # these three keep every artist inside their panels' layout: no tight box to draw for
+        distribution=_uri(plots.distribution_figure(run, mine, colours), tight=False) if evaluated else None,
+        roc=_uri(plots.roc_figure(run, mine, colours), tight=False) if evaluated else None,
+        reliability=_uri(plots.reliability_figure(run, mine, colours), tight=False) if evaluated else None,
         dynamics=_uri(plots.dynamics_figure(run, colours)),
     )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def header_parts(runs: Sequence[Run], variants: Sequence[str]) -> list[str]:
+    """The page's subtitle: how many evaluation runs and variants, on what data, and which training
+    runs the dynamics come from. Only what the run folders record: a training run, which records no
+    model or data, is named, never counted as a run."""
+    evaluated = [r for r in runs if r.evaluated]
+    trained = [r.label for r in runs if not r.evaluated]
+    parts = []
+    if evaluated:
+        parts += [_plural(len(evaluated), "run"), _plural(len(variants), "variant")]
+        parts += [d for d in dict.fromkeys(r.data for r in evaluated) if d != UNKNOWN]
+    if trained:
+        named = ", ".join(trained[:MAX_NAMED_TRAINING])
+        more = len(trained) - MAX_NAMED_TRAINING
+        parts.append(f"training dynamics of {named}" + (f" and {more} more" if more > 0 else ""))
+    return parts
+
+
+def resolve_reference(runs: Sequence[Run], reference: str | None) -> Run | None:
+    """The evaluation run named `reference` (its label or its folder's name); None for the default."""
+    if reference is None:
+        return None
+    evaluated = [r for r in runs if r.evaluated]
+    for run in evaluated:
+        if reference in (run.label, run.path.name):
+            return run
+    names = ", ".join(repr(r.label) for r in evaluated) or "none"
+    raise UsageError(f"report: --reference {reference!r} is none of the evaluation runs ({names})")
 
 
 def run_row(run: Run) -> dict[str, Any]:
@@ -88,9 +137,23 @@ def run_row(run: Run) -> dict[str, Any]:
     }
 
 
-def report_context(runs: Sequence[Run], findings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _stopwatch(log: Log) -> Log:
+    start = time.monotonic()
+    return lambda text: log(f"report [{time.monotonic() - start:5.1f} s] {text}")
+
+
+def report_context(
+    runs: Sequence[Run],
+    findings: Mapping[str, Any] | None = None,
+    reference: Run | None = None,
+    all_pairs: bool = False,
+    log: Log = _logger.info,
+) -> dict[str, Any]:
     """Everything the template shows, as plain values. `findings`: a study's findings.json (its
-    Findings section, shown at the top), or None for a report that is not a study's."""
+    Findings section, shown at the top), or None for a report that is not a study's. `reference`
+    and `all_pairs`: the run-against-run comparisons (tables.comparison_pairs). `log` gets a line
+    as each part starts."""
+    evaluated = [r for r in runs if r.evaluated]
     variants = all_variants(runs)
     # The browser shows every record; after a resume with fewer --variants, records.jsonl holds
     # variants that metrics.json (so the tables) no longer lists.
@@ -98,22 +161,31 @@ def report_context(runs: Sequence[Run], findings: Mapping[str, Any] | None = Non
     # Variants that only appear in training dynamics or records still get their own colour.
     dyn_variants = [str(row.get("variant")) for r in runs for row in r.dynamics if row.get("variant")]
     colours = variant_colours(order_variants(browsed + dyn_variants))
-    tables = build_tables(runs)
-    samples, total = sample_views(runs, browsed)
-    evaluated = [r for r in runs if r.metrics is not None]
+    log(f"tables of {_plural(len(evaluated), 'evaluation run')}")
+    tables = build_tables(runs, reference, all_pairs)
+    log("accuracy and quadrant figures")
+    figures = {
+        "accuracy": _uri(plots.accuracy_figure(evaluated, variants, colours)),
+        "quadrants": _uri(plots.quadrant_figure(evaluated, variants)),
+    }
+    per_run = []
+    for i, run in enumerate(runs, start=1):
+        log(f"figures of {run.label} ({i}/{len(runs)})")
+        per_run.append(run_figures(run, variants, colours))
+    log("sample browser")
+    samples, total = sample_views(evaluated, browsed)
     return {
-        "title": " · ".join(dict.fromkeys(r.data for r in runs)),
-        "runs": runs,
-        "run_rows": [run_row(r) for r in runs],
+        "title": " · ".join(dict.fromkeys(r.data for r in evaluated)) or "training dynamics",
+        "header": " · ".join(header_parts(runs, variants)),
+        "runs": evaluated,
+        "n_dirs": len(runs),
+        "run_rows": [run_row(r) for r in evaluated],
         "variants": variants,
         "browsed_variants": browsed,
         "colours": colours,
         "tables": {t.key: t for t in tables},
-        "figures": {
-            "accuracy": _uri(plots.accuracy_figure(evaluated, variants, colours)),
-            "quadrants": _uri(plots.quadrant_figure(evaluated, variants)),
-        },
-        "per_run": [run_figures(r, variants, colours) for r in runs],
+        "figures": figures,
+        "per_run": per_run,
         "has_dynamics": any(r.dynamics for r in runs),
         "samples": samples,
         "n_samples_total": total,
@@ -127,12 +199,23 @@ def report_context(runs: Sequence[Run], findings: Mapping[str, Any] | None = Non
 
 
 def build_report(
-    dirs: list[Path], html: Path | None = None, findings: Mapping[str, Any] | None = None
+    dirs: list[Path],
+    html: Path | None = None,
+    findings: Mapping[str, Any] | None = None,
+    reference: str | None = None,
+    all_pairs: bool = False,
+    log: Log = _logger.info,
 ) -> Path:
     """Write the HTML report of the runs in `dirs` (and report.md / report.tex beside it); return
     the HTML path. Default: `<dir>/report.html` for one run, the runs' common parent for several.
-    `findings` (a study's findings.json) puts the study's Findings at the top of the page."""
+    `findings` (a study's findings.json) puts the study's Findings at the top of the page.
+    Run against run compares each evaluation run with `reference` (a run's label or folder name;
+    default: the first evaluation run), or every pair with `all_pairs`. `log` gets progress lines."""
+    if all_pairs and reference is not None:
+        raise UsageError("report: --all-pairs compares every pair of runs; it takes no --reference")
+    step = _stopwatch(log)
     runs = load_runs([Path(d) for d in dirs])
+    ref = resolve_reference(runs, reference)
     out = Path(html) if html is not None else default_html_path(runs)
     if out.suffix.lower() in (".md", ".tex"):
         raise UsageError(f"report: --html {out} would be overwritten by the {out.suffix} tables beside it")
@@ -140,9 +223,13 @@ def build_report(
         raise UsageError(f"report: --html {out} is a directory; name the HTML file to write")
     check_can_create(out.parent, "report: --html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    context = report_context(runs, findings)
-    write_atomic(out, writable(render_html(context)))
+    # Only now, when nothing can be refused: bad usage is one line on stderr, and nothing before it.
+    step(f"read {_plural(len(runs), 'run folder')}")
+    context = report_context(runs, findings, ref, all_pairs, step)
+    page = writable(render_html(context))
+    write_atomic(out, page)
     tables = list(context["tables"].values())  # in the order build_tables made them
-    write_atomic(out.with_suffix(".md"), writable(markdown_document(runs, tables)))
+    write_atomic(out.with_suffix(".md"), writable(markdown_document(context["runs"], tables)))
     write_atomic(out.with_suffix(".tex"), writable(latex_document(tables)))
+    step(f"wrote {out} ({len(page.encode('utf-8')) / 1e6:.1f} MB)")
     return out

@@ -3,7 +3,8 @@
 Everything the report shows comes from these files: numbers from metrics.json (so the report can
 never disagree with `eval`), per-sample views and paired tests from records.jsonl, training curves
 from dynamics.jsonl. A directory with neither metrics.json nor dynamics.jsonl (its own, or for a
-GRPO seed sweep those of its seed-*/ runs) is not a run.
+GRPO seed sweep those of its seed-*/ runs) is not a run. A directory without metrics.json is a
+training run: it feeds the training-dynamics figures only, never the tables or the run count.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ DYNAMICS = "dynamics.jsonl"
 # name that is not UTF-8) is a valid Python str but cannot be written as UTF-8 nor drawn by
 # matplotlib; it is shown as U+FFFD instead.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+UNKNOWN = "–"  # a model or data a run folder does not record (a training run's, say)
+# A study's evaluation folders (study.py): DIR/eval/sft, DIR/eval/ARM-seed-S, beside DIR/study.json.
+STUDY_FILE = "study.json"
+_ARM_SEED = re.compile(r"(?P<arm>.+)-seed-(?P<seed>-?\d+)")
 
 
 def writable(text: str) -> str:
@@ -43,12 +48,17 @@ class Run:
     dynamics: list[dict[str, Any]] = field(repr=False)
 
     @property
+    def evaluated(self) -> bool:
+        """An evaluation run (metrics.json), not a training run's dynamics only."""
+        return self.metrics is not None
+
+    @property
     def model(self) -> str:
-        return str((self.metrics or {}).get("model") or self.config.get("model") or "?")
+        return str((self.metrics or {}).get("model") or self.config.get("model") or UNKNOWN)
 
     @property
     def data(self) -> str:
-        return str((self.metrics or {}).get("data") or self.config.get("data") or "?")
+        return str((self.metrics or {}).get("data") or self.config.get("data") or UNKNOWN)
 
     @property
     def variants(self) -> list[str]:
@@ -145,14 +155,51 @@ def _dir_label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.name.startswith("seed-") else path.name
 
 
+def policy_name(spec: str) -> str | None:
+    """The training run whose policy a model SPEC loads, named as the study names its arms:
+    `tiny:runs/demo/train/plain/seed-0/final` -> "plain, seed 0", `hf:runs/grpo/final` -> "grpo";
+    a checkpoint adds its step ("plain, seed 0, step 40"). None for a SPEC that is no training output
+    (a hub id, `tiny`, a server)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in ("tiny", "hf", "vllm") or not rest:
+        return None
+    path = Path(rest)
+    step = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    if path.name != "final" and step is None:
+        return None
+    run = path.parent
+    seed = re.fullmatch(r"seed-(-?\d+)", run.name)
+    name = f"{run.parent.name}, seed {seed[1]}" if seed and run.parent.name else run.name
+    if not name:
+        return None
+    return f"{name}, step {step[1]}" if step else name
+
+
+def study_label(path: Path) -> str | None:
+    """A study's evaluation folder is named by what it evaluated (study.py): `DIR/eval/plain-seed-0`
+    -> "plain, seed 0", `DIR/eval/sft` -> "sft". None outside a study."""
+    if path.parent.name != "eval" or not (path.parent.parent / STUDY_FILE).is_file():
+        return None
+    arm_seed = _ARM_SEED.fullmatch(path.name)
+    return f"{arm_seed['arm']}, seed {arm_seed['seed']}" if arm_seed else path.name
+
+
+def _name(config: dict, metrics: dict | None, path: Path) -> str:
+    spec = (metrics or {}).get("model") or config.get("model")
+    if metrics is None or not spec:  # a training run: named by its folder, as its arm is
+        return _dir_label(path)
+    return study_label(path) or policy_name(str(spec)) or short_model(str(spec))
+
+
 def run_labels(runs: list[tuple[dict, dict | None, Path]]) -> list[str]:
-    """Labels for (config, metrics, dir) triples: the short model name, plus the data when the runs
-    differ in data, plus the directory name when that still leaves two runs alike."""
-    models = [short_model(str((m or {}).get("model") or c.get("model") or _dir_label(d))) for c, m, d in runs]
+    """Labels for (config, metrics, dir) triples: the study's name of the run, the training run a
+    policy comes from, or the short model name; plus the data when the evaluation runs differ in data
+    (a training run records none), plus the directory name when that still leaves two runs alike."""
+    names = [_name(c, m, d) for c, m, d in runs]
     datas = [str((m or {}).get("data") or c.get("data") or "") for c, m, d in runs]
-    labels = models
-    if len(set(datas)) > 1:
-        labels = [f"{m} · {x}" if x else m for m, x in zip(models, datas, strict=True)]
+    labels = names
+    if len({x for x in datas if x}) > 1:
+        labels = [f"{n} · {x}" if x else n for n, x in zip(names, datas, strict=True)]
     counts = Counter(labels)
     dirs = [d for _, _, d in runs]
     return [

@@ -195,13 +195,28 @@ def _diff_cell(diff: float, source: str, variant: str, test: McNemar, a: str, b:
     return Cell(points(diff), diff, source, variant, p_text(test.p_value), title, strong)
 
 
-def comparison_table(runs: Sequence[Run]) -> Table | None:
-    """Every pair of runs on the same data: accuracy difference and McNemar's exact p per variant."""
+def comparison_pairs(runs: Sequence[Run], reference: Run | None, all_pairs: bool) -> list[tuple[Run, Run]]:
+    """(a, b) pairs of evaluation runs on the same data, b compared with a: every pair, or each run
+    against the reference (the first evaluation run by default). Nine runs make 36 pairs, more than
+    a reader compares; the runs against one baseline are the comparison a paper's table makes."""
     evaluated = _evaluated(runs)
-    pairs = [(a, b) for a, b in combinations(evaluated, 2) if a.data == b.data]
+    if all_pairs:
+        pairs = list(combinations(evaluated, 2))
+    else:
+        ref = reference or (evaluated[0] if evaluated else None)
+        pairs = [(ref, b) for b in evaluated if ref is not None and b is not ref]
+    return [(a, b) for a, b in pairs if a.data == b.data]
+
+
+def comparison_table(
+    runs: Sequence[Run], reference: Run | None = None, all_pairs: bool = False
+) -> Table | None:
+    """Accuracy difference and McNemar's exact p per variant, of each run against the reference run
+    (or of every pair, `all_pairs`), on the same data."""
+    pairs = comparison_pairs(runs, reference, all_pairs)
     if not pairs:
         return None
-    variants = all_variants(evaluated)
+    variants = all_variants(_evaluated(runs))
     rows = []
     for a, b in pairs:
         cells = []
@@ -213,11 +228,12 @@ def comparison_table(runs: Sequence[Run]) -> Table | None:
             test = paired_test(outcomes(a.records, v), outcomes(b.records, v))
             cells.append(_diff_cell(acc_b - acc_a, "derived:accuracy-diff", v, test, a.label, b.label))
         rows.append(Row(b.label, f"vs {a.label}", cells))
+    against = "every other run on the same data" if all_pairs else f"the reference run, {pairs[0][0].label}"
     return Table(
         "comparison",
         "Run against run",
-        "Accuracy of a run minus that of the run it is compared with (points), on the same data and "
-        "variant, with the p-value of McNemar's exact test on the samples both runs answered "
+        f"Accuracy of a run minus that of {against} (points), on the same data and variant, with the "
+        "p-value of McNemar's exact test on the samples both runs answered "
         f"(bold: p < {ALPHA}).",
         variants,
         rows,
@@ -238,14 +254,15 @@ def quadrant_table(runs: Sequence[Run]) -> Table:
     )
 
 
-def build_tables(runs: Sequence[Run]) -> list[Table]:
-    """All tables, in the order the report shows them (absent when nothing to show)."""
+def build_tables(runs: Sequence[Run], reference: Run | None = None, all_pairs: bool = False) -> list[Table]:
+    """All tables, in the order the report shows them (absent when nothing to show); `reference` and
+    `all_pairs` choose the run-against-run comparisons (comparison_pairs)."""
     variants = all_variants(runs)
     non_base = [v for v in variants if v != "base"]
     tables = [
         accuracy_table(runs),
         drop_table(runs),
-        comparison_table(runs),
+        comparison_table(runs, reference, all_pairs),
         _metric_table(
             "caa",
             "Consistency-adjusted accuracy",
