@@ -158,5 +158,31 @@ def test_docs_api_md_runs_as_written(tmp_path):
     assert "12 None" in res.stdout  # the in-memory run's count and path, as the page says
     # The logged run wrote its folder, and the in-memory runs nothing at all.
     assert [p.name for p in work.iterdir()] == ["runs"]
-    assert [p.name for p in (work / "runs").iterdir()] == ["api-demo"]
+    # ...and the report its page, with the tables beside it
+    names = sorted(p.name for p in (work / "runs").iterdir())
+    assert names == ["api-demo", "api-report.html", "api-report.md", "api-report.tex"]
     assert len(read_records(work / "runs" / "api-demo" / RECORDS)) == 12
+
+
+def test_train_grpo_takes_a_dict_a_path_or_a_config_and_validates_overrides(tmp_path):
+    """The config forms reach the same validation: a bad field (or override) is one UsageError
+    naming it, raised before any folder is created."""
+    import yaml
+
+    from vlmstress.errors import UsageError
+
+    cfg = yaml.safe_load((Path(__file__).parent.parent / "configs" / "grpo-tiny.yaml").read_text())
+    out = tmp_path / "never"
+    with pytest.raises(UsageError, match="learning_rate"):
+        vlmstress.train_grpo({**cfg, "out": str(out)}, learning_rate="fast")
+    with pytest.raises(UsageError, match="max_steps"):
+        vlmstress.train_grpo(
+            Path(__file__).parent.parent / "configs" / "grpo-tiny.yaml", max_steps=-1, out=str(out)
+        )
+    from vlmstress.train.config import GRPORunConfig
+
+    with pytest.raises(UsageError, match="num_generations"):
+        vlmstress.train_grpo(GRPORunConfig.model_validate(cfg), num_generations="x")
+    with pytest.raises(TypeError):
+        vlmstress.train_grpo(42)
+    assert not out.exists()

@@ -1,4 +1,5 @@
-"""The Python API: `evaluate` is `vlmstress eval` called from code, on SPECs or on objects.
+"""The Python API: `evaluate` is `vlmstress eval` called from code, on SPECs or on objects;
+`train_grpo` and `report` are `vlmstress train grpo` and `vlmstress report`.
 
 `prepare_eval` checks everything a caller can get wrong and loads the data; `PreparedEval.run`
 then loads the backends and runs the runner's one engine: over an in-memory log when there is no
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
@@ -23,6 +24,9 @@ from vlmstress.judge.base import Judge
 from vlmstress.models.base import VLM
 from vlmstress.runlog import run_lock
 from vlmstress.runner import RunSpec, check_same_run, run_eval, run_in_memory, run_records
+
+if TYPE_CHECKING:
+    from vlmstress.train.config import GRPORunConfig
 
 
 @dataclass(frozen=True)
@@ -284,3 +288,51 @@ def evaluate(
         extract=extract,
     )
     return prepared.run(out, progress=progress, retry_failed=retry_failed)
+
+
+def train_grpo(
+    config: str | Path | Mapping[str, Any] | GRPORunConfig,
+    *,
+    seed: int | None = None,
+    out: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    **overrides: Any,
+) -> Path:
+    """`vlmstress train grpo` from Python: one GRPO run; returns the final policy's folder (evaluate
+    it with `evaluate("tiny:" + str(path), ...)` or `hf:` for a hub model).
+
+    config: a GRPORunConfig, a YAML file as the command line takes, or a dict of its fields;
+    `overrides` replace top-level fields (`max_steps=2`, `learning_rate=5e-5`) and are validated
+    with them. Resumes from the newest complete checkpoint in `out` (default: the config's `out`).
+    Bad fields raise `vlmstress.errors.UsageError` before anything is created."""
+    from vlmstress.train.config import GRPORunConfig, load_config, validated
+    from vlmstress.train.grpo import train_grpo as run
+
+    if isinstance(config, GRPORunConfig):
+        cfg = validated(GRPORunConfig, {**config.model_dump(), **overrides}) if overrides else config
+    elif isinstance(config, Mapping):
+        cfg = validated(GRPORunConfig, {**config, **overrides})
+    elif isinstance(config, str | Path):
+        cfg = load_config(config, GRPORunConfig, **overrides)
+    else:
+        raise TypeError(f"config must be a GRPORunConfig, a YAML path or a dict, got {config!r}")
+    return run(cfg, seed=seed, out=out, log=log)
+
+
+def report(
+    runs: str | Path | Sequence[str | Path],
+    *,
+    html: str | Path | None = None,
+    reference: str | None = None,
+    all_pairs: bool = False,
+) -> Path:
+    """`vlmstress report` from Python: the HTML report (with report.md and report.tex beside it) of
+    one or more run folders (evaluation runs; training folders add their dynamics plots); returns
+    the HTML path. `reference` names the run the others are compared with (default the first),
+    `all_pairs` compares every pair."""
+    from vlmstress.report.build import build_report
+
+    dirs = [Path(runs)] if isinstance(runs, str | Path) else [Path(r) for r in runs]
+    return build_report(
+        dirs, Path(html) if html is not None else None, reference=reference, all_pairs=all_pairs
+    )

@@ -71,12 +71,17 @@ def load_config(path: str | Path, cls: type[BaseModel], **overrides) -> BaseMode
     if not isinstance(raw, dict):
         raise UsageError(f"config file {path} must hold a mapping of settings")
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    return validated(cls, raw, f"config {path}")
+
+
+def validated(cls: type[BaseModel], raw: dict, name: str = "config") -> BaseModel:
+    """`raw` as a `cls`, or a UsageError naming the first bad field (`name: field: why`)."""
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise UsageError(f"config {path}: {where}: {err['msg']}") from None
+        raise UsageError(f"{name}: {where}: {err['msg']}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
