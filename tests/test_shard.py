@@ -214,11 +214,13 @@ def test_a_run_killed_under_4_processes_resumes_under_1_or_2(
     ref_out, ref_metrics = reference
     spec, out = spec_for(samples), tmp_path / "run"
     committed = killed_run(out, samples, spec, 4, finished, torn_rank=torn_rank)
-    model = BatchSensitive()
+    model, said = BatchSensitive(), []
     if resume_world == 1:  # the plain single-process runner hands over to run_rank
-        metrics = run_eval(model, samples, spec, out, progress=False)
+        metrics = run_eval(model, samples, spec, out, progress=False, log=said.append)
     else:
-        metrics = run_threads(model, samples, spec, out, resume_world)
+        metrics = run_threads(model, samples, spec, out, resume_world, log=said.append)
+    # said once (by rank 0), as a single-process resume says it
+    assert said == [f"resumed: {len(committed)} of {len(samples) * len(VARIANTS)} records already done"]
     everything = {(s.sample_id, v) for s in samples for v in VARIANTS}
     generated = set(model.calls)
     assert len(generated) == len(model.calls), "a prompt was generated twice"

@@ -393,6 +393,7 @@ def run_eval(
                 on_batch=on_batch,
                 retry_failed=retry_failed,
                 extractor=extractor,
+                log=log,
             )
         remove_stale_temps(out)
         path = out / RECORDS
@@ -720,10 +721,12 @@ def run_rank(
     on_batch: Callable[[int, float], None] | None = None,
     retry_failed: bool = False,
     extractor: Extractor | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict | None:
     """Rank `rank` of a `world`-process run; `sync` is a barrier over all ranks. Rank 0 must hold
     `run_lock(out)` (and have checked the run's identity); it returns the metrics, the others None.
-    `retry_failed`: as run_eval's (rank 0 acts on it for all); `extractor`: as run_eval's."""
+    `retry_failed`: as run_eval's (rank 0 acts on it for all); `extractor`: as run_eval's; `log`:
+    where rank 0 says how much of the run was already done (the others say nothing)."""
     out = Path(out)
     if rank == 0:
         prepare(out, retry_failed=retry_failed)
@@ -731,6 +734,8 @@ def run_rank(
     sync()  # the logs are whole batches now
     with rank_lock(out, rank, world):
         done = done_keys(out)
+        if rank == 0 and log is not None and done:
+            log(resumed_line(samples, spec.variants, done))
         sync()  # every rank has read what is done before any rank writes more
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done, spec.system)
         chunks = batches(todo, spec.batch_size)

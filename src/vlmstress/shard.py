@@ -127,6 +127,7 @@ def run_distributed(
                 progress=rank == 0,
                 retry_failed=retry_failed,
                 extractor=extractor,
+                log=print,
             )
     finally:
         state.destroy_process_group()
