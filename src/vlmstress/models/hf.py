@@ -51,6 +51,12 @@ def _load_images(prompt: Prompt) -> list:
     return load_images(prompt.images) if prompt.image is not None else []
 
 
+def _row_images(row: Any) -> list:
+    if row is None:
+        return []
+    return list(row) if isinstance(row, list | tuple) else [row]
+
+
 def load_processor(path_or_id: str, **kwargs: Any):
     """The checkpoint's own processor.
 
@@ -218,16 +224,17 @@ class HFModel:
         rendered = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return rendered + prompt.prefill
 
-    def _encode(self, texts: list[str], images: list[list]) -> Any:
-        """`images[b]` is prompt b's decoded images, in order. The processor takes them as one flat
-        list and hands them out to the image placeholders of the texts in order, row by row."""
+    def _encode(self, texts: list[str], images: list) -> Any:
+        """`images[b]` is prompt b's decoded images in order (a list; one image or None is read as
+        the one-image and text-only rows they were before multi-image prompts). The processor takes
+        them as one flat list and hands them out to the texts' image placeholders in order."""
         kwargs: dict[str, Any] = {
             "text": texts,
             "return_tensors": "pt",
             "padding": True,
             "padding_side": "left",
         }
-        flat = [im for row in images for im in row]
+        flat = [im for row in images for im in _row_images(row)]
         if flat:
             kwargs["images"] = flat
         # Pixel values follow the model's dtype (a bfloat16 model gets bfloat16 pixels); ids stay integers.
