@@ -69,9 +69,9 @@ def load_file(path: str | Path, *, limit: int | None = None) -> list[Sample]:
     an answer (`answer`/`label`: letter, option text or 0-based index), an image (`image`,
     `image_path` or `image_name`: a path relative to the file, bytes, base64 or a datasets image
     dict; kept undecoded) or several (a list in `images`/`image_list`, or columns `image_1`,
-    `image_2`, ..., each item as `image` takes it, in order), an id (`id`, else `index`, else the 0-based row number) and a family
-    (`family`/`category`). Other columns go to `meta`. Duplicate ids: the first is kept, later ones
-    become error samples with ids like "7#dup1".
+    `image_2`, ..., each item as `image` takes it, in order), an id (`id`, else `index`, else the
+    0-based row number) and a family (`family`/`category`). Other columns go to `meta`. Duplicate
+    ids: the first is kept, later ones become error samples with ids like "7#dup1".
     """
     path = Path(path)
     rows = read_rows(path, limit=limit)
