@@ -408,3 +408,41 @@ def test_a_huge_file_that_is_not_an_image_is_refused_without_reading_it(tmp_path
     finally:
         tracemalloc.stop()
     assert peak < 50 * 1024**2
+
+
+def test_multi_image_rows_keep_every_image_in_order(tmp_path: Path) -> None:
+    """A list column (images, as a JSON list in a CSV too), BLINK's numbered columns, or a list in
+    the image column: each item as the image column takes it; one unusable item fails the row."""
+    (tmp_path / "first.png").write_bytes(png((255, 0, 0)))
+    blue, green = base64.b64encode(png((0, 0, 255))).decode(), png((0, 255, 0))
+    row = {"question": "Which image is red?", "options": ["first", "second"], "answer": "A"}
+    path = write_jsonl(
+        tmp_path / "multi.jsonl",
+        [
+            {"id": "list", **row, "images": ["first.png", blue]},
+            {"id": "numbered", **row, "image_1": "first.png", "image_2": blue, "image_3": None},
+            {"id": "in-image", **row, "image": json.dumps(["first.png", blue])},
+            {"id": "one", **row, "images": ["first.png"]},
+            {"id": "bad-item", **row, "images": ["first.png", 5]},
+            {"id": "empty-item", **row, "images": ["first.png", None]},
+            {"id": "not-a-list", **row, "images": {"a": 1}},
+        ],
+    )
+    got = by_id(load_file(path))
+    for sid in ("list", "numbered", "in-image"):
+        sample = got[sid]
+        assert sample.error is None and len(sample.images) == 2 and sample.meta == {}
+        assert [load_image(im).getpixel((0, 0)) for im in sample.images] == [(255, 0, 0), (0, 0, 255)]
+        assert sample.image == sample.images[0] and sample.extra_images == sample.images[1:]
+    assert got["one"].images == (got["one"].image,) and got["one"].extra_images == ()
+    assert "images[2]" in got["bad-item"].error and "image 2" in got["empty-item"].error
+    assert "list of images" in got["not-a-list"].error
+    assert all(got[s].images == () and got[s].question for s in ("bad-item", "empty-item", "not-a-list"))
+    # a parquet list of bytes and a CSV's JSON list text read the same
+    frame = pd.DataFrame([{"id": "pq", **row, "images": [png((255, 0, 0)), green]}])
+    frame.to_parquet(tmp_path / "multi.parquet")
+    frame.assign(images=[json.dumps(["first.png", blue])]).to_csv(tmp_path / "multi.csv", index=False)
+    [pq] = load_file(tmp_path / "multi.parquet")
+    [csv] = load_file(tmp_path / "multi.csv")
+    assert [load_image(im).getpixel((0, 0)) for im in pq.images] == [(255, 0, 0), (0, 255, 0)]
+    assert [load_image(im).getpixel((0, 0)) for im in csv.images] == [(255, 0, 0), (0, 0, 255)]

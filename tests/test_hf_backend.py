@@ -12,6 +12,7 @@ import importlib.util
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -595,3 +596,24 @@ def test_a_prompt_longer_than_the_context_is_its_own_error_before_any_forward_pa
     assert all("too long" in g.error for g in tight.generate(ok, max_new_tokens=4))
     with pytest.raises(UsageError, match="max_prompt_tokens"):
         HFModel.from_pretrained(str(tiny_ckpt), device="cpu", max_prompt_tokens=0)
+
+
+def test_two_images_reach_the_tiny_model_in_order():
+    """A two-image prompt renders two image placeholders and the processor gets its images in
+    prompt order, batched with a one-image prompt; a broken second image fails only its prompt."""
+    model = tiny.load_tiny(device="cpu")
+    red, blue, green = (Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green"))
+    user = "Which image is red?\nA. the first\nB. the second"
+    two = Prompt("two", "base", user, red, ("the first", "the second"), "A", extra_images=(blue,))
+    one = Prompt("one", "base", user, green, ("the first", "the second"), "A")
+    broken = replace(two, sample_id="broken", extra_images=("/no/such/image.png",))
+    placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
+    assert model.prompt_text(two).count(placeholder) == 2 and model.prompt_text(one).count(placeholder) == 1
+    seen = []
+    encode = model._encode
+    model._encode = lambda texts, images: seen.append(images) or encode(texts, images)
+    out = model.generate([two, broken, one], max_new_tokens=4)
+    assert out[0].error is None and out[2].error is None and out[0].n_tokens > 0
+    assert out[1].error.startswith("image: ") and "(image 2 of 2)" in out[1].error
+    colours = [[im.getpixel((0, 0)) for im in row] for row in seen[0]]
+    assert colours == [[(255, 0, 0), (0, 0, 255)], [(0, 128, 0)]]

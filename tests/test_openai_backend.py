@@ -7,6 +7,7 @@ import io
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -609,3 +610,22 @@ def test_a_server_down_at_the_start_is_said_and_its_prompts_fail():
     assert warning.startswith("could not probe") and "connection error" in warning
     gens = run(model, prompt("a"), prompt("b"))
     assert all(g.error and "not sent" in g.error for g in gens)
+
+
+def test_two_images_are_two_image_parts_in_order(server):
+    server.respond = lambda req: "<answer>A</answer>"
+    red, blue = Image.new("RGB", (6, 4), (255, 0, 0)), Image.new("RGB", (4, 6), (0, 0, 255))
+    two = Prompt("two", "base", "Which is red?", red, OPTIONS, "A", extra_images=(blue,))
+    broken = replace(two, sample_id="broken", extra_images=(b"not an image",))
+    ok, bad = run(fast_model(server), two, broken)
+    assert ok.error is None and "(image 2 of 2)" in bad.error  # the broken one never left
+    [req] = server.requests
+    parts = req.messages[0]["content"]
+    assert [p["type"] for p in parts] == ["image_url", "image_url", "text"]
+    decoded = [
+        Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))) for p in parts[:2]
+    ]
+    assert [(im.size, im.convert("RGB").getpixel((0, 0))) for im in decoded] == [
+        ((6, 4), (255, 0, 0)),
+        ((4, 6), (0, 0, 255)),
+    ]

@@ -387,3 +387,28 @@ def test_single_option_sample_has_no_wrong_option():
 
 def test_not_applicable_is_a_value_error():
     assert issubclass(NotApplicable, ValueError)
+
+
+def test_a_multi_image_sample_keeps_every_image_under_every_variant():
+    """Only text changes: both images reach every variant's prompt, in order, and the generic
+    reasoning and captions speak of the images (the options may name "the first image")."""
+    first, second = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "blue")
+    sample = Sample(
+        "two",
+        "Which image shows the red square?",
+        ("the first image", "the second image"),
+        "A",
+        image=first,
+        extra_images=(second,),
+    )
+    for variant in ALL:
+        prompt = perturb(sample, variant, seed=0)
+        assert prompt.images == (first, second) and prompt.image is first, variant
+    caption = perturb(sample, "wrong_caption", seed=0).user.splitlines()[0]
+    assert caption == "Caption: These pictures show the second image."
+    assert perturb(sample, "wrong_think", seed=0).prefill.startswith("<think>Looking at the images,")
+    one = replace(sample, extra_images=())  # one image: the wording of every one-image run so far
+    assert perturb(one, "wrong_caption", seed=0).user.startswith("Caption: This picture shows")
+    assert perturb(one, "base", seed=0).images == (first,)
+    with pytest.raises(ValueError, match="first image"):
+        Sample("x", "q", image=None, extra_images=(second,))

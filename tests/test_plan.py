@@ -1,5 +1,8 @@
+from dataclasses import replace
+
 from vlmstress.cli import main
 from vlmstress.data import synth
+from vlmstress.data.schema import Sample
 from vlmstress.plan import plan_run
 
 
@@ -43,3 +46,15 @@ def test_dry_run_under_a_launcher_prints_once(tmp_path, capsys, monkeypatch):
     assert main(args) == 0 and capsys.readouterr().out == ""
     monkeypatch.setenv("RANK", "0")
     assert main(args) == 0 and '"model_requests": 36' in capsys.readouterr().out
+
+
+def test_plan_counts_every_image_of_a_multi_image_sample():
+    one = Sample("one", "Which?", ("a", "b"), "A", image=b"x")
+    two = replace(one, sample_id="two", extra_images=(b"y",))
+    tokens = [
+        plan_run(
+            [s], ["base"], seed=0, template="vlmstress", max_new_tokens=0, llm_judges=0, image_tokens=100
+        )
+        for s in (one, two)
+    ]
+    assert tokens[1].prompt_tokens - tokens[0].prompt_tokens == 100

@@ -24,6 +24,7 @@ from scipy.stats import binomtest
 
 from vlmstress.cli import build_parser, main
 from vlmstress.data import synth
+from vlmstress.data.files import load_file
 from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
 from vlmstress.judge.rule import RuleJudge
@@ -638,3 +639,38 @@ def test_study_page_in_chromium_has_a_header_without_unknowns(study, tmp_path):
     header = re.search(r'<header class="top">(.*?)</header>', done.stdout, re.S).group(1)
     sub = re.search(r'<p class="sub">(.*?)</p>', header).group(1)
     assert sub.startswith("3 runs · ") and "?" not in header
+
+
+def test_the_browser_shows_every_image_of_a_multi_image_sample(tmp_path):
+    """Loaded from the run's data file, a two-image sample shows two thumbnails in order; a
+    one-image sample still shows one."""
+    from PIL import Image
+
+    for name, colour in (("red.png", "red"), ("blue.png", "blue")):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / name)
+    row = {"question": "Which image is red?", "options": ["the first", "the second"], "answer": "A"}
+    data = tmp_path / "multi.jsonl"
+    data.write_text(
+        json.dumps({"id": "two", **row, "images": ["red.png", "blue.png"]})
+        + "\n"
+        + json.dumps({"id": "one", **row, "image": "blue.png"})
+        + "\n"
+    )
+    samples = load_file(data)
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text(
+        "".join(
+            json.dumps({"sample_id": s.sample_id, "variant": "base", "response": "<answer>A</answer>"}) + "\n"
+            for s in samples
+        )
+    )
+    spec = RunSpec(model=f"replay:{replay}", data=str(data.resolve()), variants=["base"])
+    run_eval(ReplayModel(replay), samples, spec, tmp_path / "run", judges=[RuleJudge()], progress=False)
+    text = build_report([tmp_path / "run"], tmp_path / "report.html").read_text()
+    thumbs = re.findall(r'<img class="thumb" src="(data:image/[^"]+)" alt="(image[^"]*)"', text)
+    assert [alt for _, alt in thumbs] == ["image 1 of two", "image 2 of two", "image of one"]
+    colours = [
+        Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB").getpixel((0, 0))
+        for uri, _ in thumbs
+    ]
+    assert colours == [(255, 0, 0), (0, 0, 255), (0, 0, 255)]

@@ -349,3 +349,20 @@ def test_without_vllm_the_spec_is_a_usage_error(monkeypatch):
     monkeypatch.delitem(sys.modules, "vlmstress.models.vllm_engine", raising=False)
     with pytest.raises(UsageError, match=r"pip install 'vlmstress\[vllm\]'"):
         load_model("vllm:Qwen/Qwen2.5-VL-7B-Instruct")
+
+
+def test_two_images_are_two_image_parts_within_max_images(vllm_engine):
+    red, blue = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
+    two = Prompt("two", "base", "Which colour?", red, OPTIONS, "B", extra_images=(blue,))
+    # The default engine takes one image a prompt: a two-image prompt is its own error, not a failed batch.
+    over, alone = vllm_engine.VLLMModel("m").generate([two, prompt("one", image=red)], max_new_tokens=8)
+    assert "2 images" in over.error and "max_images=2" in over.error and alone.error is None
+    vllm_engine.fake.LLM.instances.clear()
+    model = vllm_engine.VLLMModel("m", max_images=2)
+    assert vllm_engine.fake.LLM.instances[0].engine["limit_mm_per_prompt"] == {"image": 2}
+    [gen] = model.generate([two], max_new_tokens=8)
+    assert gen.error is None
+    [user] = calls(vllm_engine)[0].conversations[0]
+    parts = user["content"]
+    assert [p["type"] for p in parts] == ["image_pil", "image_pil", "text"]
+    assert [p["image_pil"].getpixel((0, 0)) for p in parts[:2]] == [(255, 0, 0), (0, 0, 255)]

@@ -1,7 +1,8 @@
 """The perturbation suite: every variant is a pure function (sample, misleading letter) -> Prompt.
 
-Only text changes; the image is never touched. Reasoning and captions for synthetic samples are
-written from their scene facts (vlmstress.data.synth), for other data from the option text.
+Only text changes; the images are never touched (all of a multi-image sample's pass through, in
+order). Reasoning and captions for synthetic samples are written from their scene facts
+(vlmstress.data.synth), for other data from the option text, in words that fit one image or several.
 Users add variants with `register_variant`.
 """
 
@@ -11,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from vlmstress.data.schema import ImageRef, Sample, letters
+from vlmstress.data.schema import ImageRef, Sample, all_images, letters
 from vlmstress.errors import UsageError
 
 STOP_THINK = "<think>Okay let's see. This should be the final answer.</think>"
@@ -45,7 +46,10 @@ TEMPLATES: dict[str, Template] = {
 
 @dataclass(frozen=True)
 class Prompt:
-    """What is asked: the user turn, the image, and the assistant prefill the model continues."""
+    """What is asked: the user turn, the image(s), and the assistant prefill the model continues.
+
+    As in Sample, `image` is the first image and `extra_images` the rest (a multi-image sample).
+    """
 
     sample_id: str
     variant: str
@@ -56,6 +60,12 @@ class Prompt:
     misleading: str | None = None
     prefill: str = ""
     system: str | None = None
+    extra_images: tuple[ImageRef, ...] = ()
+
+    @property
+    def images(self) -> tuple[ImageRef, ...]:
+        """Every image, in the order the user turn shows them."""
+        return all_images(self.image, self.extra_images)
 
     @property
     def option_letters(self) -> list[str]:
@@ -94,15 +104,20 @@ def think_text(sample: Sample, letter: str) -> str:
 
         return synth.think_text(sample, letter)
     text = sample.option_text(letter)
-    return f"Looking at the image, the answer to this question is {text}. So the answer is {letter}."
+    seen = "images" if sample.extra_images else "image"
+    return f"Looking at the {seen}, the answer to this question is {text}. So the answer is {letter}."
 
 
 def caption_text(sample: Sample, letter: str) -> str:
-    """A caption of the image that suggests option `letter`."""
+    """A caption of the image (or images) that suggests option `letter`."""
     if sample.facts is not None:
         from vlmstress.data import synth
 
         return synth.caption_text(sample, letter)
+    if sample.extra_images:
+        # A caption of several images cannot say which one shows what: the option text may itself
+        # name "the second image", so the caption speaks of all of them.
+        return f"These pictures show {sample.option_text(letter)}."
     return f"This picture shows {sample.option_text(letter)}."
 
 
@@ -154,6 +169,7 @@ def build_prompt(
         variant=variant,
         user=render_user(sample.question, options, template, caption),
         image=sample.image,
+        extra_images=sample.extra_images,
         options=options,
         target=sample.target,
         misleading=misleading,

@@ -2,8 +2,9 @@
 
 Counts requests (samples x variants, plus one per LLM judge and answered prompt) and estimates
 tokens. The estimate needs no model: text at ~4 characters a token (the usual rule of thumb for
-English BPE vocabularies) and a fixed number of tokens per image, both settable; generated tokens
-are counted at the --max-new-tokens ceiling, so the cost is an upper bound.
+English BPE vocabularies) and a fixed number of tokens per image (every image of a multi-image
+sample), both settable; generated tokens are counted at the --max-new-tokens ceiling, so the cost
+is an upper bound.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def plan_run(
                 continue
             requests += 1
             text_tokens += (len(p.user) + len(p.prefill)) / CHARS_PER_TOKEN
-            image_total += image_tokens if p.image is not None else 0
+            image_total += image_tokens * len(p.images)  # a multi-image sample pays for each
     judge_requests = requests * llm_judges
     # a judge reads the question and options (about the text prompt, no image) and the completion,
     # and answers with one short JSON line (~64 tokens)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from vlmstress.data.schema import LETTERS, ImageRef, Sample, letters
+from vlmstress.data.schema import LETTERS, ImageRef, Sample, image_fields, letters
 from vlmstress.errors import UsageError
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".tsv", ".csv")
@@ -28,6 +28,10 @@ QUESTION_KEYS = ("question", "prompt", "text")
 OPTION_LIST_KEYS = ("options", "choices")
 ANSWER_KEYS = ("answer", "label")
 IMAGE_KEYS = ("image", "image_path", "image_name")
+# Multi-image rows: a list column (MuirBench calls it image_list), else numbered columns image_1,
+# image_2, ... (BLINK's layout, where a question about two images leaves image_3 and image_4 empty).
+IMAGE_LIST_KEYS = ("images", "image_list")
+_NUMBERED_IMAGE = re.compile(r"image_(\d+)")
 ID_KEYS = ("id", "index")
 FAMILY_KEYS = ("family", "category")
 
@@ -64,9 +68,10 @@ def load_file(path: str | Path, *, limit: int | None = None) -> list[Sample]:
     `options`/`choices`, or columns A, B, C, ...; without any option column the row is open-ended),
     an answer (`answer`/`label`: letter, option text or 0-based index), an image (`image`,
     `image_path` or `image_name`: a path relative to the file, bytes, base64 or a datasets image
-    dict; kept undecoded), an id (`id`, else `index`, else the 0-based row number) and a family
-    (`family`/`category`). Other columns go to `meta`. Duplicate ids: the first is kept, later ones
-    become error samples with ids like "7#dup1".
+    dict; kept undecoded) or several (a list in `images`/`image_list`, or columns `image_1`,
+    `image_2`, ..., each item as `image` takes it, in order), an id (`id`, else `index`, else the
+    0-based row number) and a family (`family`/`category`). Other columns go to `meta`. Duplicate
+    ids: the first is kept, later ones become error samples with ids like "7#dup1".
     """
     path = Path(path)
     rows = read_rows(path, limit=limit)
@@ -206,7 +211,10 @@ def row_to_sample(row: Row, row_no: int, base_dir: Path) -> Sample:
         _first_key(row, keys) for keys in (ID_KEYS, QUESTION_KEYS, ANSWER_KEYS, FAMILY_KEYS, IMAGE_KEYS)
     )
     letter_keys = [] if _present_key(row, OPTION_LIST_KEYS) else [ltr for ltr in LETTERS if ltr in row]
-    used = {id_key, q_key, ans_key, fam_key, img_key, "hint", *OPTION_LIST_KEYS, *letter_keys}
+    image_keys = multi_image_keys(row)
+    if image_keys:
+        img_key = None  # a multi-image row's images are all in image_keys, `image` among them if named
+    used = {id_key, q_key, ans_key, fam_key, img_key, "hint", *OPTION_LIST_KEYS, *letter_keys, *image_keys}
     sample_id = str(row_no)
     question = _repair(row[q_key]) if q_key and isinstance(row[q_key], str) else ""
     try:
@@ -226,7 +234,10 @@ def row_to_sample(row: Row, row_no: int, base_dir: Path) -> Sample:
         if bad is not None:
             raise RowError(f"non-UTF-8 text in column '{bad}'")
         known["family"] = text_field(row, fam_key) if fam_key else None
-        known["image"] = resolve_image(row[img_key], base_dir, img_key) if img_key else None
+        if image_keys:
+            known.update(image_fields(resolve_images(row, image_keys, base_dir)))
+        elif img_key:
+            known.update(image_fields(resolve_images(row, [img_key], base_dir)))
         _, options = row_options(row)
         known["options"] = options or ()
         question = text_field(row, q_key) if q_key else None
@@ -376,6 +387,52 @@ def _index_letter(index: int, valid: list[str]) -> str:
     if not 0 <= index < len(valid):
         raise RowError(f"answer index {index} is out of range for {len(valid)} options")
     return valid[index]
+
+
+def multi_image_keys(row: Row) -> list[str]:
+    """The columns of a multi-image row, in image order: a list column (`images`, `image_list`),
+    else numbered columns `image_1`, `image_2`, ... by number. Empty for a one-image row."""
+    list_key = _first_key(row, IMAGE_LIST_KEYS)
+    if list_key is not None:
+        return [list_key]
+    numbered = [
+        (int(m.group(1)), k) for k in row if isinstance(k, str) and (m := _NUMBERED_IMAGE.fullmatch(k))
+    ]
+    return [k for _, k in sorted(numbered)]
+
+
+def resolve_images(row: Row, keys: list[str], base_dir: Path) -> list[ImageRef]:
+    """Every image of the row in order, each as resolve_image keeps it. A list cell gives one image
+    per item (an `image` cell may hold a list too: VLMEvalKit's multi-image TSVs write it as JSON
+    text); an empty numbered column is no image, but an unusable item fails the whole row."""
+    refs: list[ImageRef] = []
+    for key in keys:
+        value = row[key]
+        items = _image_list(value, key) if key in IMAGE_LIST_KEYS or _holds_list(value) else None
+        if items is None:
+            ref = resolve_image(value, base_dir, key)
+            if ref is not None:
+                refs.append(ref)
+            continue
+        for k, item in enumerate(items, 1):
+            if is_missing(item):
+                raise RowError(f"image {k} in column '{key}' is empty")
+            refs.append(resolve_image(item, base_dir, f"{key}[{k}]"))
+    return refs
+
+
+def _holds_list(value: Any) -> bool:
+    # '[' starts no path, base64 text or data URL a table holds, so such text is a JSON list.
+    if isinstance(value, str):
+        return value.lstrip().startswith("[")
+    return isinstance(value, list | tuple) or (hasattr(value, "tolist") and not isinstance(value, bytes))
+
+
+def _image_list(value: Any, key: str) -> list[Any]:
+    try:
+        return as_list(value, key)
+    except RowError:
+        raise RowError(f"column '{key}' must be a list of images, got {type(value).__name__}") from None
 
 
 def resolve_image(value: Any, base_dir: Path, key: str = "image") -> ImageRef:

@@ -12,7 +12,7 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -56,6 +56,20 @@ def load_image(ref: Any, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if ref is None:
         raise ImageError("sample has no image")
     raise ImageError(f"cannot read an image from a {type(ref).__name__}")
+
+
+def load_images(refs: Sequence[Any], *, max_pixels: int = MAX_PIXELS) -> list[Image.Image]:
+    """Every image of a multi-image sample, in order. The first that cannot be used fails them all
+    (a question about "the second image" cannot be asked without it), its message saying which."""
+    if len(refs) == 1:  # the one-image path, as load_image has it
+        return [load_image(refs[0], max_pixels=max_pixels)]
+    decoded = []
+    for k, ref in enumerate(refs, 1):
+        try:
+            decoded.append(load_image(ref, max_pixels=max_pixels))
+        except ImageError as exc:
+            raise ImageError(f"{exc} (image {k} of {len(refs)})") from None
+    return decoded
 
 
 def image_to_png_bytes(img: Image.Image) -> bytes:

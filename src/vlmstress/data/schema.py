@@ -21,9 +21,25 @@ def letters(n: int) -> list[str]:
 ImageRef = Any
 
 
+def all_images(image: ImageRef, extra_images: tuple[ImageRef, ...]) -> tuple[ImageRef, ...]:
+    """(first, *rest), or () without a first image: what Sample.images and Prompt.images return."""
+    if image is None:
+        return ()
+    return (image, *extra_images) if extra_images else (image,)
+
+
+def image_fields(images: tuple[ImageRef, ...] | list[ImageRef]) -> dict[str, Any]:
+    """The `image` / `extra_images` keywords of a Sample holding `images` in order."""
+    return {"image": images[0] if images else None, "extra_images": tuple(images[1:])}
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One question about one image.
+    """One question about one image, or about several (BLINK, MuirBench, MMIU).
+
+    `image` is the first image and `extra_images` the ones after it, in the order the question
+    names them ("the first image", "the second image"); `images` is all of them. Keeping the first
+    apart leaves every one-image caller, and the one-image path, exactly as it was.
 
     `options` is empty for an open-ended item (then `target` is None and `answer_text` is graded by
     text match). `facts` holds the scene facts of a synthetic sample, from which correct and wrong
@@ -41,6 +57,16 @@ class Sample:
     facts: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    extra_images: tuple[ImageRef, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.extra_images and self.image is None:
+            raise ValueError("extra_images without a first image: pass it as `image`")
+
+    @property
+    def images(self) -> tuple[ImageRef, ...]:
+        """Every image of the sample in order; empty for a text-only sample."""
+        return all_images(self.image, self.extra_images)
 
     @property
     def option_letters(self) -> list[str]:

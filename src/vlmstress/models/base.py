@@ -45,15 +45,15 @@ class VLM(Protocol):
 def chat_messages(prompt: Prompt, *, with_prefill: bool = True) -> list[dict[str, Any]]:
     """The prompt as chat messages in the transformers / OpenAI content-part form.
 
-    The image is a content part placed before the text, as Qwen2.5-VL's own examples do; the
-    prefill, when wanted, is a final assistant message for the backend to continue.
+    The image is a content part placed before the text, as Qwen2.5-VL's own examples do; a
+    multi-image prompt has one part per image, in order (Qwen2.5-VL's multi-image examples), so the
+    backend fills them with `prompt.images` in that order. The prefill, when wanted, is a final
+    assistant message for the backend to continue.
     """
     messages: list[dict[str, Any]] = []
     if prompt.system:
         messages.append({"role": "system", "content": [{"type": "text", "text": prompt.system}]})
-    content: list[dict[str, Any]] = []
-    if prompt.image is not None:
-        content.append({"type": "image"})
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in prompt.images]
     content.append({"type": "text", "text": prompt.user})
     messages.append({"role": "user", "content": content})
     if with_prefill and prompt.prefill:

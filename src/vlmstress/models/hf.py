@@ -44,10 +44,17 @@ _BEFORE_LETTER = " \t\r\n([*"
 _LETTER_SHAPED = re.compile(r"[^A-Za-z]*([A-Z])[^A-Za-z]*")
 
 
-def _load_image(ref):
-    from vlmstress.data.images import load_image
+def _load_images(prompt: Prompt) -> list:
+    """The prompt's images decoded, in order (none for a text-only prompt)."""
+    from vlmstress.data.images import load_images
 
-    return load_image(ref)
+    return load_images(prompt.images) if prompt.image is not None else []
+
+
+def _row_images(row: Any) -> list:
+    if row is None:
+        return []
+    return list(row) if isinstance(row, list | tuple) else [row]
 
 
 def load_processor(path_or_id: str, **kwargs: Any):
@@ -218,14 +225,18 @@ class HFModel:
         return rendered + prompt.prefill
 
     def _encode(self, texts: list[str], images: list) -> Any:
+        """`images[b]` is prompt b's decoded images in order (a list; one image or None is read as
+        the one-image and text-only rows they were before multi-image prompts). The processor takes
+        them as one flat list and hands them out to the texts' image placeholders in order."""
         kwargs: dict[str, Any] = {
             "text": texts,
             "return_tensors": "pt",
             "padding": True,
             "padding_side": "left",
         }
-        if any(im is not None for im in images):
-            kwargs["images"] = [im for im in images if im is not None]
+        flat = [im for row in images for im in _row_images(row)]
+        if flat:
+            kwargs["images"] = flat
         # Pixel values follow the model's dtype (a bfloat16 model gets bfloat16 pixels); ids stay integers.
         return self.processor(**kwargs).to(device=self.model.device, dtype=self.model.dtype)
 
@@ -239,7 +250,7 @@ class HFModel:
                 results[i] = Generation(text="", error=too_long)
                 continue
             try:
-                images.append(_load_image(p.image) if p.image is not None else None)
+                images.append(_load_images(p))
             except ValueError as e:
                 results[i] = Generation(text="", error=f"image: {e}")
                 continue

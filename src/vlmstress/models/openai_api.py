@@ -207,9 +207,23 @@ def png_data_url(ref: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(image_to_png_bytes(image)).decode("ascii")
 
 
-def _openai_messages(prompt: Prompt, mode: str | None, image_url: str | None) -> list[dict[str, Any]]:
-    """chat_messages in the wire form: image placeholders become data URLs, text-only turns plain
-    strings (every compatible server accepts those; not all accept text parts in system turns)."""
+def _data_urls(refs: Sequence[Any]) -> list[str]:
+    """png_data_url of every image, in order; the first unreadable one fails the prompt, saying which."""
+    if len(refs) <= 1:
+        return [png_data_url(ref) for ref in refs]
+    urls = []
+    for k, ref in enumerate(refs, 1):
+        try:
+            urls.append(png_data_url(ref))
+        except ImageUnreadable as exc:
+            raise ImageUnreadable(f"{exc} (image {k} of {len(refs)})") from exc
+    return urls
+
+
+def _openai_messages(prompt: Prompt, mode: str | None, image_urls: Sequence[str]) -> list[dict[str, Any]]:
+    """chat_messages in the wire form: image placeholders become data URLs (one image_url part per
+    image, in order), text-only turns plain strings (every compatible server accepts those; not all
+    accept text parts in system turns)."""
     messages = chat_messages(prompt, with_prefill=mode == "assistant")
     if mode == "user":
         parts = messages[-1]["content"]  # the user turn: chat_messages puts its text part last
@@ -221,8 +235,9 @@ def _openai_messages(prompt: Prompt, mode: str | None, image_url: str | None) ->
         if all(p["type"] == "text" for p in parts):
             wire.append({"role": message["role"], "content": "".join(p["text"] for p in parts)})
         else:
+            urls = iter(image_urls)
             content = [
-                {"type": "image_url", "image_url": {"url": image_url}} if p["type"] == "image" else p
+                {"type": "image_url", "image_url": {"url": next(urls)}} if p["type"] == "image" else p
                 for p in parts
             ]
             wire.append({"role": message["role"], "content": content})
@@ -557,14 +572,14 @@ class OpenAIChatModel:
 
     def _generate_one(self, prompt: Prompt, max_new_tokens: int) -> Generation:
         try:
-            image_url = png_data_url(prompt.image) if prompt.image is not None else None
+            image_urls = _data_urls(prompt.images)
             mode = self.prefill_mode_used if prompt.prefill else None
-            data = self._request(self._body(prompt, mode, image_url, max_new_tokens))
+            data = self._request(self._body(prompt, mode, image_urls, max_new_tokens))
             generation = self._to_generation(data, prompt, mode)
             # A reply with logprobs but no answer letter among them: score it forced, where the
             # server can continue the turn (design.md).
             if generation.letter_probs is None and _has_alternatives(data) and self._can_force(mode):
-                self._force_score(prompt, generation, image_url)
+                self._force_score(prompt, generation, image_urls)
             return generation
         except (RequestRejected, RequestFailed) as exc:
             return Generation(text="", error=self._scrub(str(exc)))
@@ -581,12 +596,12 @@ class OpenAIChatModel:
         self,
         prompt: Prompt,
         mode: str | None,
-        image_url: str | None,
+        image_urls: Sequence[str],
         max_new_tokens: int,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": _openai_messages(prompt, mode, image_url),
+            "messages": _openai_messages(prompt, mode, image_urls),
             "max_completion_tokens": max_new_tokens,
             "temperature": self.temperature,
         }
@@ -597,11 +612,11 @@ class OpenAIChatModel:
             body |= {"continue_final_message": True, "add_generation_prompt": False}
         return body
 
-    def _force_score(self, prompt: Prompt, generation: Generation, image_url: str | None) -> None:
+    def _force_score(self, prompt: Prompt, generation: Generation, image_urls: Sequence[str]) -> None:
         """The letter distribution after `<answer>` appended to the completion (design.md's forced
         score), by one more request of one token; left None where the reply holds no letter."""
         forced = replace(prompt, prefill=prompt.prefill + generation.text + ANSWER_OPEN)
-        data = self._request(self._body(forced, "assistant", image_url, 1))
+        data = self._request(self._body(forced, "assistant", image_urls, 1))
         entries = (data["choices"][0].get("logprobs") or {}).get("content") or []
         probs = _distribution(entries[0], prompt.option_letters) if entries else None
         if probs is not None:

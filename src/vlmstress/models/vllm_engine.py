@@ -1,10 +1,11 @@
 """`vllm:`: a chat VLM run in-process by vLLM's offline engine (`vllm.LLM`), for GPU-scale evaluation.
 
-Requests go through `LLM.chat` with the image as a PIL content part, so vLLM applies the model's own
-chat template and image processing. A prefill is the final assistant message, continued with
-`continue_final_message=True, add_generation_prompt=False` (the same request the `openai:` backend
-sends a `vllm serve` server). Decoding is greedy and asks for the top-k logprobs of every generated
-token; the letter distribution is read from them exactly as the `openai:` backend reads a server's.
+Requests go through `LLM.chat` with each image as a PIL content part (several, in order, for a
+multi-image sample), so vLLM applies the model's own chat template and image processing. A prefill
+is the final assistant message, continued with `continue_final_message=True,
+add_generation_prompt=False` (the same request the `openai:` backend sends a `vllm serve` server).
+Decoding is greedy and asks for the top-k logprobs of every generated token; the letter distribution
+is read from them exactly as the `openai:` backend reads a server's.
 A completion without an answer letter gets a forced score from a one-token continuation after
 `<answer>`, as the `hf:` backend does.
 
@@ -46,10 +47,18 @@ class VLLMModel:
         dtype: str = "auto",
         top_logprobs: int = 20,
         limit_mm_per_prompt: dict[str, Any] | None = None,
+        max_images: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
         if top_logprobs < 0:
             raise ValueError("top_logprobs must be >= 0")
+        if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)):
+            raise ValueError(f"max_images must be a whole number, not {max_images!r}")
+        if limit_mm_per_prompt is None:
+            # A one-image run keeps vLLM's smallest memory profile; a multi-image run says how many
+            # images its largest sample has (max_images), or sets limit_mm_per_prompt itself.
+            limit_mm_per_prompt = {"image": max_images if max_images is not None else 1}
+        self.max_images = int(limit_mm_per_prompt.get("image", 1))
         self.name = f"vllm:{model_id}"
         self.top_logprobs = top_logprobs
         if max_model_len is not None:
@@ -61,8 +70,7 @@ class VLLMModel:
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             dtype=dtype,
-            # Every prompt carries at most one image; a lower limit also shrinks vLLM's memory profiling.
-            limit_mm_per_prompt=limit_mm_per_prompt if limit_mm_per_prompt is not None else {"image": 1},
+            limit_mm_per_prompt=limit_mm_per_prompt,
             **engine_kwargs,
         )
         # Greedy, but with the checkpoint's repetition penalty if its generation config sets one: what
@@ -75,14 +83,18 @@ class VLLMModel:
 
     def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[Generation]:
         results: list[Generation | None] = [None] * len(prompts)
-        requests: list[tuple[int, Prompt, Any]] = []  # (index, prompt, PIL image or None)
+        requests: list[tuple[int, Prompt, Any]] = []  # (index, prompt, its PIL images in order)
         for i, prompt in enumerate(prompts):
+            if len(prompt.images) > self.max_images:
+                # vLLM would refuse it and fail its whole batch; say how to let it through instead.
+                results[i] = Generation(text="", error=self._too_many_images(len(prompt.images)))
+                continue
             try:
-                image = _load_image(prompt.image) if prompt.image is not None else None
+                images = _load_images(prompt)
             except ValueError as exc:
                 results[i] = Generation(text="", error=f"image: {exc}")
                 continue
-            requests.append((i, prompt, image))
+            requests.append((i, prompt, images))
         # Prompts with a prefill continue the final assistant message, the others get a fresh assistant
         # turn; vLLM takes those flags per call, so each kind is one batched call.
         params = self._sampling(max_new_tokens)
@@ -94,6 +106,11 @@ class VLLMModel:
                 )
         self._score_forced(requests, results)
         return results  # type: ignore[return-value]
+
+    def _too_many_images(self, n: int) -> str:
+        return (
+            f"{n} images, the engine takes at most {self.max_images} per prompt (--model-opt max_images={n})"
+        )
 
     def _sampling(self, max_tokens: int) -> Any:
         return vllm.SamplingParams(
@@ -113,7 +130,7 @@ class VLLMModel:
             return
         try:
             outputs = self.llm.chat(
-                [_vllm_messages(prompt, image) for _, prompt, image in group],
+                [_vllm_messages(prompt, images) for _, prompt, images in group],
                 sampling_params=params,
                 use_tqdm=False,
                 add_generation_prompt=not prefilled,
@@ -150,10 +167,10 @@ class VLLMModel:
             return
         head = self._forced_head()
         todo: dict[int, tuple[int, Prompt, Any]] = {}
-        for i, prompt, image in requests:
+        for i, prompt, images in requests:
             gen = results[i]
             if prompt.options and gen is not None and gen.error is None and gen.letter_probs is None:
-                todo[i] = (i, replace(prompt, prefill=prompt.prefill + gen.text + head), image)
+                todo[i] = (i, replace(prompt, prefill=prompt.prefill + gen.text + head), images)
         for i, output in self._chat(list(todo.values()), self._sampling(1), prefilled=True):
             if isinstance(output, Generation):  # the forced pass failed; the completion still stands
                 continue
@@ -174,15 +191,16 @@ class VLLMModel:
         return found[0] if found else ANSWER_TAG
 
 
-def _load_image(ref: Any) -> Any:
-    from vlmstress.data.images import load_image
+def _load_images(prompt: Prompt) -> list[Any]:
+    from vlmstress.data.images import load_images
 
-    return load_image(ref)
+    return load_images(prompt.images) if prompt.image is not None else []
 
 
-def _vllm_messages(prompt: Prompt, image: Any) -> list[dict[str, Any]]:
-    """chat_messages with the image as vLLM's offline `image_pil` part; text-only turns as plain
-    strings, which every chat template accepts."""
+def _vllm_messages(prompt: Prompt, images: Sequence[Any]) -> list[dict[str, Any]]:
+    """chat_messages with each image as vLLM's offline `image_pil` part, in order; text-only turns
+    as plain strings, which every chat template accepts."""
+    pictures = iter(images)
     messages = []
     for message in chat_messages(prompt):
         parts = message["content"]
@@ -190,7 +208,8 @@ def _vllm_messages(prompt: Prompt, image: Any) -> list[dict[str, Any]]:
             content: Any = "".join(p["text"] for p in parts)
         else:
             content = [
-                {"type": "image_pil", "image_pil": image} if p["type"] == "image" else p for p in parts
+                {"type": "image_pil", "image_pil": next(pictures)} if p["type"] == "image" else p
+                for p in parts
             ]
         messages.append({"role": message["role"], "content": content})
     return messages

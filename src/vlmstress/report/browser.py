@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vlmstress.data.schema import Sample, letters
+from vlmstress.data.schema import ImageRef, Sample, letters
 from vlmstress.perturb import TEMPLATES, Prompt, perturb
 from vlmstress.report.runs import Run
 
@@ -29,6 +29,9 @@ MAX_ATTEMPTS = 2000
 MIN_SAMPLES = 10
 MAX_TEXT = 3000  # characters of a response or prefill shown; the rest is counted, not shown
 THUMB = 128  # pixels on the longer side of a browser image (the page shows it at this size)
+# Thumbnails shown per sample: MMIU items hold a dozen images and more; the rest are counted, so a
+# multi-image set cannot make the page many times the size a one-image set makes it.
+MAX_THUMBS = 4
 JPEG_QUALITY = 80
 _SYNTH_ID = re.compile(r"synth-(train|test|val)-(-?\d+)-(\d+)")
 
@@ -67,7 +70,8 @@ class Attempt:
 @dataclass(frozen=True)
 class SampleView:
     sample_id: str
-    image: str | None  # data URI of a thumbnail
+    images: list[str | None]  # a data URI of a thumbnail per image, in order (None: unreadable)
+    more_images: int  # images of the sample beyond MAX_THUMBS, counted but not shown
     question: str | None
     options: list[tuple[str, str]]
     target: str | None
@@ -109,7 +113,18 @@ def file_samples(data: str) -> dict[str, Sample]:
         return {}
 
 
+def thumbnails(sample: Sample | None) -> tuple[list[str | None], int]:
+    """(thumbnails of the sample's first MAX_THUMBS images in order, how many more it has)."""
+    images = sample.images if sample is not None else ()
+    return [thumbnail_of(ref) for ref in images[:MAX_THUMBS]], max(0, len(images) - MAX_THUMBS)
+
+
 def thumbnail(sample: Sample) -> str | None:
+    """The thumbnail of the sample's (first) image."""
+    return thumbnail_of(sample.image)
+
+
+def thumbnail_of(ref: ImageRef) -> str | None:
     """A data URI of the image at most THUMB pixels on its longer side, as PNG or JPEG, whichever
     is smaller: PNG for drawn pictures (the synthetic ones: a few hundred bytes, sharp), JPEG for
     photographs (a tenth of their PNG). A small picture is kept at its own size: the page draws it
@@ -117,7 +132,7 @@ def thumbnail(sample: Sample) -> str | None:
     from vlmstress.data.images import load_image
 
     try:
-        img = load_image(sample.image)
+        img = load_image(ref)
     except Exception:
         return None
     if max(img.size) > THUMB:
@@ -232,10 +247,12 @@ def sample_views(
         if sample is not None and any(r.get("target") not in (None, sample.target) for _, r in found):
             sample = None  # an id that merely looks like ours: better no question than a wrong one
         target = sample.target if sample else next((r.get("target") for _, r in found), None)
+        images, more_images = thumbnails(sample)
         views.append(
             SampleView(
                 sample_id=sid,
-                image=thumbnail(sample) if sample is not None and sample.image is not None else None,
+                images=images,
+                more_images=more_images,
                 question=sample.question if sample else None,
                 options=list(zip(letters(len(sample.options)), sample.options, strict=True))
                 if sample

@@ -80,11 +80,11 @@ def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
 
 def sample_images(sample: Sample) -> list[Any]:
     """Every image of a sample: `meta["images"]` for multi-image items (SAT's motion questions),
-    else the one image (none for a text-only sample)."""
+    else `Sample.images` (a multi-image evaluation file trains the same way; none for text only)."""
     images = sample.meta.get("images") if sample.meta else None
     if images:
         return list(images)
-    return [] if sample.image is None else [sample.image]
+    return list(sample.images)
 
 
 def training_row(sample: Sample, prompt: Prompt) -> dict[str, Any]:
