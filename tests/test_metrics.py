@@ -470,7 +470,10 @@ def test_brier_does_not_depend_on_the_hash_seed():
             text=True,
             check=True,
         ).stdout
-        for seed in range(6)
+        # three processes: a set of four letters iterates in one order under all three hash seeds
+        # rarely enough that an order-dependent sum would show (the 24 orders come about equally
+        # often over hash seeds, so all three agree about once in 600)
+        for seed in range(3)
     }
     assert len(outs) == 1, outs
 

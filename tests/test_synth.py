@@ -240,10 +240,10 @@ def test_twohop_answer_is_the_colour_of_the_only_shape_on_that_side(samples):
 # --- reasoning and captions ----------------------------------------------------------------------
 
 
-def test_think_text_ends_with_the_option_line_for_every_letter(samples):
+def test_think_text_ends_with_the_option_line_for_every_letter(samples, hard_samples):
     """Each reasoning restates the option it reads as the prompt lists it; a hard sample's correct
     reasoning restates both options the image leaves open, and no answer statement."""
-    for s in samples[:50]:
+    for s in [*samples[:50], *hard_samples[:50]]:
         for letter in LETTERS:
             think = synth.think_text(s, letter)
             line = f"{letter}. {s.option_text(letter)}"
@@ -327,8 +327,8 @@ def test_spatial_positions_at_the_border(value):
         assert _rel(subj, anchor) == value
 
 
-def test_caption_states_the_facts_without_a_letter(samples):
-    for s in samples[:50]:
+def test_caption_states_the_facts_without_a_letter(samples, hard_samples):
+    for s in [*samples[:50], *hard_samples[:50]]:
         for letter in LETTERS:
             caption = synth.caption_text(s, letter)
             value = s.option_text(letter)
@@ -346,7 +346,24 @@ def test_caption_states_the_facts_without_a_letter(samples):
                 assert think.startswith(caption)
 
 
-def test_difficulty_axis(samples):
+@pytest.fixture(scope="module")
+def hard_samples() -> list[Sample]:
+    return synth.generate(200, seed=0, split="test", hard_share=synth.HARD_SHARE)
+
+
+def test_the_default_benchmark_has_no_hard_samples_and_the_same_ids(samples, hard_samples):
+    assert all(s.facts["difficulty"] == "easy" for s in samples)
+    assert all(s.sample_id.startswith("synth-test-") for s in samples)
+    assert all(s.sample_id.startswith("synth-hard-test-") for s in hard_samples)
+    # the same scenes and options: only a hard sample's drawn colour differs
+    for s, h in zip(samples, hard_samples):
+        assert (s.question, s.options, s.target) == (h.question, h.options, h.target)
+        assert s.facts["objects"] == h.facts["objects"]
+        assert (s.image.tobytes() == h.image.tobytes()) == (h.facts["difficulty"] == "easy")
+
+
+def test_difficulty_axis(hard_samples):
+    samples = hard_samples
     """40% of the colour questions are hard, none of the others; a hard sample's object is drawn as
     an even mix of its colour and a confuser (an option, never the target), and its correct reasoning
     reads the pair in the sample's own order."""
@@ -396,11 +413,10 @@ def test_the_difficulty_draw_keeps_every_scene():
     """The hard draw comes after the scene's: a sample's objects are those it had before the axis
     existed, hard or easy; only a hard sample's drawn colour (and a count's confuser option) differ."""
     for i, scene in PINNED_SCENES.items():
-        s = synth.make_sample(i, 0, "test")
+        s = synth.make_sample(i, 0, "test", hard_share=synth.HARD_SHARE)
         assert [(o["shape"], o["colour"], o["row"], o["col"]) for o in s.facts["objects"]] == scene
-    assert (
-        synth.make_sample(3, 0, "test").facts["difficulty"],
-        synth.make_sample(8, 0, "test").facts["difficulty"],
+    assert tuple(
+        synth.make_sample(i, 0, "test", hard_share=synth.HARD_SHARE).facts["difficulty"] for i in (3, 8)
     ) == (
         "easy",
         "hard",
@@ -448,12 +464,12 @@ def test_written_synth_set_perturbs_like_the_generated_one(tmp_path):
             assert (a.user, a.prefill, a.misleading) == (b.user, b.prefill, b.misleading)
 
 
-def test_the_rule_judge_reads_every_reasoning_as_the_options_it_leaves_open(samples):
+def test_the_rule_judge_reads_every_reasoning_as_the_options_it_leaves_open(samples, hard_samples):
     """A plain reasoning supports its one option; a hard sample's correct reasoning leaves its two
     options open, so either answer follows from it and any other does not."""
     from vlmstress.judge.rule import supported_letters
 
-    for s in samples:
+    for s in [*samples, *hard_samples]:
         for letter in LETTERS:
             expected = {letter}
             if s.facts["difficulty"] == "hard" and letter == s.target:
@@ -462,3 +478,15 @@ def test_the_rule_judge_reads_every_reasoning_as_the_options_it_leaves_open(samp
                 s.sample_id,
                 letter,
             )
+
+
+def test_synth_hard_spec_and_its_ids_redraw_the_same_samples():
+    from vlmstress.data.loading import load_data
+    from vlmstress.report.browser import synth_sample
+
+    samples, name = load_data("synth-hard:10")
+    assert name == "synth-hard:10" and any(s.facts["difficulty"] == "hard" for s in samples)
+    for s in samples:
+        again = synth_sample(s.sample_id)
+        assert again.sample_id == s.sample_id and again.image.tobytes() == s.image.tobytes()
+    assert load_data("synth:10")[0][8].facts["difficulty"] == "easy"

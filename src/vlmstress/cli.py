@@ -342,7 +342,9 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, SFTConfig, max_steps=args.max_steps, seed=args.seed, out=args.out)
     from vlmstress.train.sft import synth_accuracy, train_sft
 
-    out = train_sft(cfg, evaluate=lambda m, p: synth_accuracy(m, p, cfg.eval_samples, cfg.seed))
+    out = train_sft(
+        cfg, evaluate=lambda m, p: synth_accuracy(m, p, cfg.eval_samples, cfg.seed, cfg.hard_share)
+    )
     print(f"checkpoint written to {out} (use it with --model tiny:{out})")
     return 0
 

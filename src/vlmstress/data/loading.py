@@ -1,4 +1,5 @@
-"""Data SPEC -> Samples: `synth[:N]`, a benchmark name, or a local table file (design.md, Data SPEC)."""
+"""Data SPEC -> Samples: `synth[:N]` (`synth-hard[:N]` with its difficulty axis), a benchmark name,
+or a local table file (design.md, Data SPEC)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
 
 DEFAULT_SYNTH_N = 200
-_SYNTH = re.compile(r"synth(?::(.*))?", re.IGNORECASE)
+_SYNTH = re.compile(r"synth(-hard)?(?::(.*))?", re.IGNORECASE)
 
 
 def load_data(
@@ -19,7 +20,7 @@ def load_data(
 ) -> tuple[list[Sample], str]:
     """The samples a Data SPEC names (first `limit` only) and the SPEC's canonical name.
 
-    Canonical names: `synth:N`, the benchmark's name, or the file's absolute path. `data_dir` only
+    Canonical names: `synth:N` / `synth-hard:N`, the benchmark's name, or the file's absolute path. `data_dir` only
     matters for benchmarks; `seed` for the synthetic set and for WhatsUp's option order.
     """
     if limit is not None and limit < 0:
@@ -27,10 +28,12 @@ def load_data(
     spec = spec.strip()
     synth = _SYNTH.fullmatch(spec)
     if synth:
-        n = _synth_n(synth.group(1))
+        n = _synth_n(synth.group(2))
         from vlmstress.data import synth as synth_module  # lazy: only synthetic runs draw images
 
-        samples, name = synth_module.generate(n, seed=seed, split="test"), f"synth:{n}"
+        hard = synth_module.HARD_SHARE if synth.group(1) else 0.0
+        samples = synth_module.generate(n, seed=seed, split="test", hard_share=hard)
+        name = f"synth{'-hard' if hard else ''}:{n}"
     elif spec.lower() in BENCHMARKS:
         name = spec.lower()
         samples = load_benchmark(name, data_dir=data_dir, limit=limit, seed=seed)

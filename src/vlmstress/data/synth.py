@@ -13,7 +13,8 @@ Five families mirror the paper's benchmarks:
 - attribute (V*): what colour is the small X?
 - twohop    (Spatial-MM Multihop): what colour is the shape left of the X?
 
-A difficulty axis: 40% of the colour questions (attribute, two-hop) are *hard*: the object's colour
+A difficulty axis, opt-in (`synth-hard:N`, `hard_share=`; the default `synth` has none, the shipped
+tiny model being trained without it): 40% of the colour questions (attribute, two-hop) are *hard*: the object's colour
 is mixed 40-60% of the way toward a confuser (one of the other options), an even blend that the image
 cannot resolve (the same picture arises from the confuser mixed toward the true colour), so the best
 possible answer is a coin flip between the two. Real models are unsure because some questions are
@@ -59,7 +60,7 @@ FAMILIES = ("spatial", "count", "depth", "attribute", "twohop")
 # sample's decisive colour is mixed toward its confuser: symmetric around 1/2, so that no mix tells
 # which of the two colours is the true one (a mix at share t toward b looks like b mixed 1 - t toward a).
 HARD_FAMILIES = ("attribute", "twohop")
-HARD_SHARE = 0.4
+HARD_SHARE = 0.4  # of the colour questions, in `synth-hard`
 COLOUR_BLEND = (0.4, 0.6)
 # The split is part of the seed, so train and test scenes come from disjoint random streams; the
 # test set is also filtered against nothing else, so a duplicate scene is possible but not shared.
@@ -249,17 +250,21 @@ def _make_hard(rng, family, objs, options, facts):
     }
 
 
-def make_sample(index: int, seed: int, split: str = "test", family: str | None = None) -> Sample:
+def make_sample(
+    index: int, seed: int, split: str = "test", family: str | None = None, hard_share: float = 0.0
+) -> Sample:
+    """Sample `index` of a split; `hard_share` of the colour questions drawn hard (ids then begin
+    `synth-hard-`, so a sample's id still names how to redraw it)."""
     rng = random.Random(f"synth:{seed}:{SPLIT_SALT[split]}:{index}")
     family = family or FAMILIES[index % len(FAMILIES)]
     objs, question, options, target, facts = SCENES[family](rng)
     jitter = [(rng.randint(-2, 2), rng.randint(-2, 2)) for _ in objs]
     fills, level = None, {"difficulty": "easy"}
-    if family in HARD_FAMILIES and rng.random() < HARD_SHARE:
+    if family in HARD_FAMILIES and rng.random() < hard_share:
         fills, level = _make_hard(rng, family, objs, options, facts)
     facts = {"family": family, **facts, **level, "objects": [o.to_json() for o in objs], "jitter": jitter}
     return Sample(
-        sample_id=f"synth-{split}-{seed}-{index}",
+        sample_id=f"synth-{'hard-' if hard_share else ''}{split}-{seed}-{index}",
         question=question,
         options=options,
         target=target,
@@ -271,14 +276,21 @@ def make_sample(index: int, seed: int, split: str = "test", family: str | None =
 
 
 def generate(
-    n: int, *, seed: int = 0, split: str = "test", families: Sequence[str] | None = None
+    n: int,
+    *,
+    seed: int = 0,
+    split: str = "test",
+    families: Sequence[str] | None = None,
+    hard_share: float = 0.0,
 ) -> list[Sample]:
-    """n samples, the five families (or `families`) in turn; the same arguments always give the
-    same set."""
+    """n samples, the five families (or `families`) in turn, `hard_share` of the colour questions
+    hard (the difficulty axis); the same arguments always give the same set."""
+    if not 0 <= hard_share <= 1:
+        raise ValueError(f"hard_share must be within [0, 1], got {hard_share}")
     if families is None:
-        return [make_sample(i, seed, split) for i in range(n)]
+        return [make_sample(i, seed, split, hard_share=hard_share) for i in range(n)]
     check_families(families)
-    return [make_sample(i, seed, split, families[i % len(families)]) for i in range(n)]
+    return [make_sample(i, seed, split, families[i % len(families)], hard_share) for i in range(n)]
 
 
 def check_families(families: Sequence[str]) -> None:

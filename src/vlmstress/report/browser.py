@@ -33,7 +33,7 @@ THUMB = 128  # pixels on the longer side of a browser image (the page shows it a
 # multi-image set cannot make the page many times the size a one-image set makes it.
 MAX_THUMBS = 4
 JPEG_QUALITY = 80
-_SYNTH_ID = re.compile(r"synth-(train|test|val)-(-?\d+)-(\d+)")
+_SYNTH_ID = re.compile(r"synth-(hard-)?(train|test|val)-(-?\d+)-(\d+)")
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,9 @@ def synth_sample(sample_id: str) -> Sample | None:
         return None
     from vlmstress.data import synth
 
-    split, seed, index = match.group(1), int(match.group(2)), int(match.group(3))
-    return synth.make_sample(index, seed, split)
+    hard = synth.HARD_SHARE if match.group(1) else 0.0
+    split, seed, index = match.group(2), int(match.group(3)), int(match.group(4))
+    return synth.make_sample(index, seed, split, hard_share=hard)
 
 
 def file_samples(data: str) -> dict[str, Sample]:

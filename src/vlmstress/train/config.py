@@ -44,9 +44,11 @@ class SFTConfig(Strict):
     eval_every: int = 500
     eval_samples: int = 200
     out: str = "runs/sft-tiny"
-    # start from this checkpoint folder (its tokenizer and weights) instead of a new model; the vision
-    # warm-up is then skipped unless vision_pretrain_steps says otherwise
+    # start from this checkpoint folder (its tokenizer and weights; "tiny": the shipped weights)
+    # instead of a new model; the vision warm-up runs only if vision_pretrain_steps says so
     init: str | None = None
+    # share of the pool's (and the validation log's) colour questions drawn hard: synth's difficulty axis
+    hard_share: float = Field(default=0.0, ge=0, le=1)
     # share of caption examples whose caption argues for a wrong option (the target stays the truth)
     caption_wrong: float = Field(default=0.0, ge=0, le=1)
     # torch's CPU threads (None: torch's default); one is fastest on a busy 2-core machine

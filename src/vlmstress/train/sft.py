@@ -329,14 +329,14 @@ def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.init:
-        start = tiny.load_tiny(cfg.init)
+        start = tiny.load_tiny(None if cfg.init == "tiny" else cfg.init)  # "tiny": the shipped weights
         model, processor, tokenizer = start.model, start.processor, start.processor.tokenizer
     else:
         tokenizer = tiny.build_tokenizer(corpus(seed=cfg.seed))
         processor = tiny.build_processor(tokenizer)
         model = tiny.new_model(tokenizer, cfg.size, seed=cfg.seed)
     model.train()
-    pool = synth.generate(cfg.pool, seed=cfg.seed, split="train")
+    pool = synth.generate(cfg.pool, seed=cfg.seed, split="train", hard_share=cfg.hard_share)
     batcher = Batcher(processor)
     groups = param_groups(model, cfg)
     base_lrs = [g["lr"] for g in groups]
@@ -382,7 +382,9 @@ def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
     return out
 
 
-def synth_accuracy(model, processor, n: int = 200, seed: int = 0) -> dict[str, float]:
+def synth_accuracy(
+    model, processor, n: int = 200, seed: int = 0, hard_share: float = 0.0
+) -> dict[str, float]:
     """Clean (base) accuracy on the synth validation split, overall and per family: the training
     log's check (the test split stays for the final evaluation, so choosing a recipe by this log
     does not tune it to the test set)."""
@@ -393,7 +395,7 @@ def synth_accuracy(model, processor, n: int = 200, seed: int = 0) -> dict[str, f
     from vlmstress.perturb import perturb
 
     vlm = HFModel(model=model, processor=processor, name="sft")
-    samples = synth.generate(n, seed=seed, split="val")
+    samples = synth.generate(n, seed=seed, split="val", hard_share=hard_share)
     right, total = Counter(), Counter()
     for start in range(0, n, 50):
         chunk = samples[start : start + 50]
