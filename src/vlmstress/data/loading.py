@@ -20,8 +20,8 @@ def load_data(
 ) -> tuple[list[Sample], str]:
     """The samples a Data SPEC names (first `limit` only) and the SPEC's canonical name.
 
-    Canonical names: `synth:N` / `synth-hard:N`, the benchmark's name, or the file's absolute path. `data_dir` only
-    matters for benchmarks; `seed` for the synthetic set and for WhatsUp's option order.
+    Canonical names: `synth:N` / `synth-hard:N`, the benchmark's name, or the file's absolute path.
+    `data_dir` only matters for benchmarks; `seed` for the synthetic set and for WhatsUp's option order.
     """
     if limit is not None and limit < 0:
         raise UsageError(f"--limit must be >= 0, got {limit}")

@@ -13,10 +13,10 @@ Five families mirror the paper's benchmarks:
 - attribute (V*): what colour is the small X?
 - twohop    (Spatial-MM Multihop): what colour is the shape left of the X?
 
-A difficulty axis, opt-in (`synth-hard:N`, `hard_share=`; the default `synth` has none, the shipped
-tiny model being trained without it): 40% of the colour questions (attribute, two-hop) are *hard*: the object's colour
-is mixed 40-60% of the way toward a confuser (one of the other options), an even blend that the image
-cannot resolve (the same picture arises from the confuser mixed toward the true colour), so the best
+A difficulty axis, opt-in (`synth-hard:N`, `hard_share=`; the default `synth` has none, and the
+shipped tiny model was trained without it): 40% of the colour questions (attribute, two-hop) are
+*hard*: the object's colour is mixed 40-60% of the way toward a confuser (one of the other
+options), an even blend that the image cannot resolve (the same picture arises from the confuser mixed toward the true colour), so the best
 possible answer is a coin flip between the two. Real models are unsure because some questions are
 ambiguous; a model trained on this can learn to say so, in its reasoning and in its letter
 probabilities. `facts["difficulty"]` records it per sample ("easy" / "hard", with `confuser`, `blend`
