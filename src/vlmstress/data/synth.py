@@ -16,11 +16,12 @@ Five families mirror the paper's benchmarks:
 A difficulty axis, opt-in (`synth-hard:N`, `hard_share=`; the default `synth` has none, and the
 shipped tiny model was trained without it): 40% of the colour questions (attribute, two-hop) are
 *hard*: the object's colour is mixed 40-60% of the way toward a confuser (one of the other
-options), an even blend that the image cannot resolve (the same picture arises from the confuser mixed toward the true colour), so the best
-possible answer is a coin flip between the two. Real models are unsure because some questions are
-ambiguous; a model trained on this can learn to say so, in its reasoning and in its letter
-probabilities. `facts["difficulty"]` records it per sample ("easy" / "hard", with `confuser`, `blend`
-and the drawn colour when hard), so reports can slice by it.
+options), an even blend that the image cannot resolve (the same picture arises from the confuser
+mixed toward the true colour), so the best possible answer is a coin flip between the two. Real
+models are unsure because some questions are ambiguous; a model trained on this can learn to say
+so, in its reasoning and in its letter probabilities. `facts["difficulty"]` records it per sample
+("easy" / "hard", with `confuser`, `blend` and the drawn colour when hard), so reports can slice
+by it.
 
 Every sample carries its scene facts, from which correct or wrong reasoning and captions are
 written for any option (think_text, caption_text), in the words the tiny model is trained on. On a
