@@ -29,6 +29,32 @@ def test_plan_counts_requests_and_prices():
     )
 
 
+def test_the_system_prompt_is_counted_in_every_request(capsys):
+    samples = synth.generate(4)
+    kwargs = {"seed": 0, "template": "vlmstress", "max_new_tokens": 8, "llm_judges": 0}
+    plain = plan_run(samples, ["base"], **kwargs)
+    with_system = plan_run(samples, ["base"], system="x" * 400, **kwargs)
+    assert with_system.prompt_tokens - plain.prompt_tokens in (399, 400, 401)  # 4 requests x 100 tokens
+    # the command line passes the run's own system prompt
+    main(["eval", "--model", "tiny", "--data", "synth:4", "--variants", "base", "--dry-run"])
+    bare = capsys.readouterr().out
+    main(
+        [
+            "eval",
+            "--model",
+            "tiny",
+            "--data",
+            "synth:4",
+            "--variants",
+            "base",
+            "--dry-run",
+            "--system",
+            "y" * 400,
+        ]
+    )
+    assert '"prompt_tokens"' in bare and bare != capsys.readouterr().out
+
+
 def test_dry_run_loads_no_model_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(

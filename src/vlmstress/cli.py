@@ -251,6 +251,7 @@ def cmd_eval(args) -> int:
             image_tokens=args.image_tokens,
             price_in=args.price_in,
             price_out=args.price_out,
+            system=spec.system,
         )
         print(json.dumps({"model": spec.model, "data": spec.data, **plan.to_json()}, indent=2))
         return 0

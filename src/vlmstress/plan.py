@@ -43,8 +43,11 @@ def plan_run(
     image_tokens: int = 1200,
     price_in: float | None = None,
     price_out: float | None = None,
+    system: str | None = None,
 ) -> Plan:
-    """`price_in` / `price_out` are per million prompt / generated tokens (API price lists' unit)."""
+    """`price_in` / `price_out` are per million prompt / generated tokens (API price lists' unit);
+    `system`, the system prompt every request carries (a long one is a large share of a short
+    prompt's tokens)."""
     requests, text_tokens, image_total = 0, 0.0, 0
     for variant in variants:
         for s in samples:
@@ -55,7 +58,7 @@ def plan_run(
             except NotApplicable:
                 continue
             requests += 1
-            text_tokens += (len(p.user) + len(p.prefill)) / CHARS_PER_TOKEN
+            text_tokens += (len(p.user) + len(p.prefill) + len(system or "")) / CHARS_PER_TOKEN
             image_total += image_tokens * len(p.images)  # a multi-image sample pays for each
     judge_requests = requests * llm_judges
     # a judge reads the question and options (about the text prompt, no image) and the completion,
