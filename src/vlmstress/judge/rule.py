@@ -185,23 +185,10 @@ def supported_letters(think: str | None, options: Sequence[str]) -> frozenset[st
 
 
 def supported_letter(think: str | None, options: Sequence[str]) -> str | None:
-    """The option letter the think argues for, or None when it argues for none or it cannot be told."""
-    if not think or not think.strip():
-        return None
-    options = tuple(options)[: len(string.ascii_uppercase)]
-    letters = string.ascii_uppercase[: len(options)]
-    text = _squeeze(think[-_THINK_TAIL_CAP:])
-
-    stated = _last_letter_statement(text, letters)
-    if stated is not None:
-        return stated
-
-    mentions = _mentions(text, options)
-    distinct = {letters_ for _, letters_ in mentions}
-    chosen = next(iter(distinct)) if len(distinct) == 1 else _concluded_mention(text, mentions)
-    if chosen is None or len(chosen) != 1:
-        return None
-    return next(iter(chosen))
+    """The option letter the think argues for, or None when it argues for none, leaves several open,
+    or it cannot be told."""
+    open_letters = supported_letters(think, options)
+    return next(iter(open_letters)) if open_letters and len(open_letters) == 1 else None
 
 
 class RuleJudge:
