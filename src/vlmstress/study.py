@@ -45,10 +45,10 @@ if TYPE_CHECKING:
     from vlmstress.findings import Finding
     from vlmstress.train.config import GRPORunConfig
 
-# The study's default size, to finish within 15 minutes on 2 CPU cores. A GRPO step of the default
-# config (32 prompts x 8 completions) takes 8-10 s on one core (augmented prompts are longer); a
-# 5-step run with its dynamics takes 60-70 s and an evaluation ~30 s: 15 min 1 s for the whole
-# demo, report included, on an idle machine (2026-12-02). 5 steps exercise every part of the study but do not move accuracy (the
+# The study's default size, to finish within 15 minutes on 2 CPU cores. A GRPO step of the default config
+# (32 prompts x 8 completions) takes 8-10 s on one core (augmented prompts are longer); a 5-step run with
+# its dynamics takes 60-70 s and an evaluation ~30 s: 15 min 1 s for the whole demo, report included, on
+# an idle machine (2026-12-02). 5 steps exercise every part of the study but do not move accuracy (the
 # config's 120 steps do: docs/tiny-model.md).
 DEFAULT_GRPO_STEPS = 5
 DEFAULT_N = 150
