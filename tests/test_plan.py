@@ -84,3 +84,23 @@ def test_plan_counts_every_image_of_a_multi_image_sample():
         for s in (one, two)
     ]
     assert tokens[1].prompt_tokens - tokens[0].prompt_tokens == 100
+
+
+def test_dry_run_counts_image_tokens_with_the_models_own_processor(capsys):
+    """The tiny model's processor makes a 64 px synth image 16 tokens (8 x 8 patches of 8 px, 2 x 2
+    merged); a checkpoint not on this machine leaves the stated default; --image-tokens wins."""
+    import json
+
+    def plan(*extra):
+        assert main(["eval", "--data", "synth:5", "--variants", "base", "--dry-run", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    tiny = plan("--model", "tiny")
+    assert tiny["image_tokens"] == 16 and tiny["image_tokens_from"].startswith("processor: ")
+    missing = plan("--model", "hf:/nonexistent/checkpoint")
+    assert missing["image_tokens"] == 1200 and missing["image_tokens_from"].startswith("default (")
+    server = plan("--model", "openai:m@http://127.0.0.1:9/v1")
+    assert server["image_tokens"] == 1200 and "no local processor" in server["image_tokens_from"]
+    given = plan("--model", "tiny", "--image-tokens", "7")
+    assert (given["image_tokens"], given["image_tokens_from"]) == (7, "--image-tokens")
+    assert given["prompt_tokens"] < tiny["prompt_tokens"]

@@ -157,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--price-out", type=_price, default=None, help="with --dry-run: price per 1M generated tokens"
     )
     e.add_argument(
-        "--image-tokens", type=_non_negative_int, default=1200, help="with --dry-run: tokens per image"
+        "--image-tokens",
+        type=_non_negative_int,
+        default=None,
+        help="with --dry-run: tokens per image (default: the model's own image processor's count on the "
+        "samples' images where it is on this machine, else 1200)",
     )
 
     t = sub.add_parser("train", parents=[user_code], help="SFT or GRPO training")
@@ -235,12 +239,17 @@ def cmd_eval(args) -> int:
             check_model(args.extract, {})
         check_can_create(out, "--out")
     if args.dry_run:
-        from vlmstress.plan import plan_run
+        from vlmstress.plan import DEFAULT_IMAGE_TOKENS, image_tokens_from_processor, plan_run
         from vlmstress.shard import rank_from_env
 
         if rank_from_env() != 0:  # under a launcher the plan is printed once, by rank 0
             return 0
         llm_judges = sum(j != "rule" for j in args.judge)
+        image_tokens, source = args.image_tokens, "--image-tokens"
+        if image_tokens is None:
+            image_tokens, why = image_tokens_from_processor(args.model, samples)
+            source = f"processor: {why}" if image_tokens is not None else f"default ({why})"
+            image_tokens = DEFAULT_IMAGE_TOKENS if image_tokens is None else image_tokens
         plan = plan_run(
             samples,
             spec.variants,
@@ -248,12 +257,13 @@ def cmd_eval(args) -> int:
             template=args.template,
             max_new_tokens=args.max_new_tokens,
             llm_judges=llm_judges,
-            image_tokens=args.image_tokens,
+            image_tokens=image_tokens,
             price_in=args.price_in,
             price_out=args.price_out,
             system=spec.system,
         )
-        print(json.dumps({"model": spec.model, "data": spec.data, **plan.to_json()}, indent=2))
+        tokens = {"image_tokens": image_tokens, "image_tokens_from": source}
+        print(json.dumps({"model": spec.model, "data": spec.data, **plan.to_json(), **tokens}, indent=2))
         return 0
     from vlmstress import shard
 
