@@ -900,12 +900,13 @@ def test_plain_accuracy_elsewhere_and_none_when_empty() -> None:
 def fake_synth(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     calls: list[tuple] = []
 
-    def generate(n: int, *, seed: int = 0, split: str = "test") -> list[Sample]:
-        calls.append((n, seed, split))
+    def generate(n: int, *, seed: int = 0, split: str = "test", hard_share: float = 0.0) -> list[Sample]:
+        calls.append((n, seed, split, hard_share))
         return [Sample(sample_id=f"s{i}", question="Q?", options=("a", "b"), target="A") for i in range(n)]
 
     fake = types.ModuleType("vlmstress.data.synth")
     fake.generate = generate  # type: ignore[attr-defined]
+    fake.HARD_SHARE = 0.4  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "vlmstress.data.synth", fake)
     monkeypatch.setattr(vlmstress.data, "synth", fake, raising=False)
     return calls
@@ -913,9 +914,15 @@ def fake_synth(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
 
 def test_load_data_synth(fake_synth: list[tuple]) -> None:
     samples, name = load_data("synth")
-    assert (len(samples), name, fake_synth[-1]) == (200, "synth:200", (200, 0, "test"))
+    assert (len(samples), name, fake_synth[-1]) == (200, "synth:200", (200, 0, "test", 0.0))
     samples, name = load_data("synth:5", seed=3, limit=2)
-    assert ([s.sample_id for s in samples], name, fake_synth[-1]) == (["s0", "s1"], "synth:5", (5, 3, "test"))
+    assert ([s.sample_id for s in samples], name, fake_synth[-1]) == (
+        ["s0", "s1"],
+        "synth:5",
+        (5, 3, "test", 0.0),
+    )
+    samples, name = load_data("synth-hard:7")
+    assert (len(samples), name, fake_synth[-1]) == (7, "synth-hard:7", (7, 0, "test", 0.4))
     for bad in ("synth:0", "synth:-2", "synth:many"):
         with pytest.raises(UsageError, match="positive whole number"):
             load_data(bad)
