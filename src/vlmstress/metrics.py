@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -207,24 +208,40 @@ def _auroc(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def _ece(scored: Sequence[tuple[dict[str, float], str]]) -> float | None:
-    """Expected calibration error, 10 equal-width bins [0, .1), [.1, .2), ..., [.9, 1]."""
-    if not scored:
-        return None
+@dataclass(frozen=True)
+class Calibration:
+    """Per confidence bin (ECE_BINS equal-width bins on [0, 1]): count, mean confidence and accuracy
+    (None for an empty bin), and the ECE over them (None without scored records). The one binning
+    behind metrics.json's `ece` and the report's reliability diagrams."""
+
+    counts: list[int]
+    confidence: list[float | None]
+    accuracy: list[float | None]
+    ece: float | None
+
+
+def calibration(scored: Sequence[tuple[Mapping[str, float], str]]) -> Calibration:
+    """Confidence = the top letter's probability (renormalised: replayed files may be off by
+    rounding), hit = (top letter == target); ties go to the first letter alphabetically, so the
+    result does not depend on dict order; a confidence of exactly 1.0 belongs to the last bin."""
     bins: list[list[tuple[float, bool]]] = [[] for _ in range(ECE_BINS)]
     for probs, target in scored:
-        # Ties go to the first letter alphabetically, so the result does not depend on dict order.
         top = max(sorted(probs), key=probs.__getitem__)
-        confidence = probs[top]
+        confidence = float(probs[top]) / sum(probs.values())
         bins[min(int(confidence * ECE_BINS), ECE_BINS - 1)].append((confidence, top == target))
+    counts = [len(b) for b in bins]
+    mean_conf = [float(np.mean([c for c, _ in b])) if b else None for b in bins]
+    mean_hit = [float(np.mean([hit for _, hit in b])) if b else None for b in bins]
+    if not scored:
+        return Calibration(counts, mean_conf, mean_hit, None)
     total = len(scored)
-    return float(
-        sum(
-            len(b) / total * abs(np.mean([hit for _, hit in b]) - np.mean([c for c, _ in b]))
-            for b in bins
-            if b
-        )
-    )
+    ece = sum(n / total * abs(h - c) for n, h, c in zip(counts, mean_hit, mean_conf) if n)  # type: ignore[operator]
+    return Calibration(counts, mean_conf, mean_hit, float(ece))
+
+
+def _ece(scored: Sequence[tuple[dict[str, float], str]]) -> float | None:
+    """Expected calibration error, 10 equal-width bins [0, .1), [.1, .2), ..., [.9, 1]."""
+    return calibration(scored).ece
 
 
 def _brier(scored: Sequence[tuple[dict[str, float], str]]) -> float | None:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image
 
+from vlmstress.metrics import ECE_BINS
 from vlmstress.report import stats
 from vlmstress.report.palette import QUADRANT_COLOURS, QUADRANT_LABELS, QUADRANTS
 from vlmstress.report.runs import Run
@@ -283,7 +284,7 @@ def reliability_figure(run: Run, variants: list[str], colours: dict[str, str]) -
     cols = min(len(diagrams), 5)
     rows = -(-len(diagrams) // cols)
     fig, axes = _figure(2.45 * cols, 2.55 * rows, rows, cols)
-    bins = stats.ECE_BINS
+    bins = ECE_BINS
     centres = [(k + 0.5) / bins for k in range(bins)]
     with matplotlib.rc_context(STYLE):
         for ax, (v, d) in zip(axes, diagrams.items(), strict=False):

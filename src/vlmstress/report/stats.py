@@ -20,9 +20,10 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from vlmstress.metrics import Calibration, calibration
+
 Record = Mapping[str, Any]
 Score = Literal["p_base", "neg_entropy"]
-ECE_BINS = 10
 
 
 @dataclass(frozen=True)
@@ -108,42 +109,18 @@ def roc(records: Sequence[Record], variant: str, score: Score) -> Roc | None:
     return Roc(fpr.tolist(), tpr.tolist(), float(roc_auc_score(labels, scores)), len(labels), sum(labels))
 
 
-@dataclass(frozen=True)
-class Reliability:
-    """Per confidence bin (10 equal-width bins on [0, 1]): count, mean confidence, accuracy."""
-
-    counts: list[int]
-    confidence: list[float | None]
-    accuracy: list[float | None]
-    ece: float | None
-
-
-def reliability(records: Sequence[Record], variant: str, bins: int = ECE_BINS) -> Reliability:
-    """Confidence = max letter probability, hit = (argmax letter == target), as the ECE definition."""
-    conf, hit = [], []
-    for r in records:
-        probs = r.get("letter_probs")
-        if r["variant"] != variant or r.get("error") is not None or not probs or r.get("target") is None:
-            continue
-        # As metrics.ece: renormalised (replayed files may be off by rounding), ties to the first letter.
-        total = sum(probs.values())
-        top = max(sorted(probs), key=probs.__getitem__)
-        conf.append(float(probs[top]) / total)
-        hit.append(top == r["target"])
-    counts, mean_conf, mean_hit = [0] * bins, [None] * bins, [None] * bins
-    if not conf:
-        return Reliability(counts, list(mean_conf), list(mean_hit), None)
-    c, h = np.asarray(conf), np.asarray(hit, dtype=float)
-    # Equal-width bins; a confidence of exactly 1.0 belongs to the last bin.
-    idx = np.minimum((c * bins).astype(int), bins - 1)
-    ece = 0.0
-    for k in range(bins):
-        mask = idx == k
-        counts[k] = int(mask.sum())
-        if counts[k]:
-            mean_conf[k], mean_hit[k] = float(c[mask].mean()), float(h[mask].mean())
-            ece += counts[k] / len(c) * abs(mean_hit[k] - mean_conf[k])
-    return Reliability(counts, mean_conf, mean_hit, ece)
+def reliability(records: Sequence[Record], variant: str) -> Calibration:
+    """A variant's calibration bins over its scored records: metrics.calibration, the binning behind
+    metrics.json's `ece`, so the diagram and the number cannot disagree."""
+    scored = [
+        (r["letter_probs"], r["target"])
+        for r in records
+        if r["variant"] == variant
+        and r.get("error") is None
+        and r.get("letter_probs")
+        and r.get("target") is not None
+    ]
+    return calibration(scored)
 
 
 def values(records: Sequence[Record], variant: str, field: str) -> list[float]:
