@@ -178,10 +178,13 @@ def _read_by(records: Sequence[Record], mode: str) -> float | None:
     return _mean([r["parse_mode"] == mode for r in records])
 
 
-def _quadrant(record: Record) -> str:
+def quadrant(record: Record) -> str:
+    """The record's quadrant (consistent/inconsistent x correct/incorrect), or "unknown" for a verdict
+    of unknown or error, or no judge at all: the one rule behind metrics.json's quadrants and the
+    report's sample browser. (Error records are outside every variant's n; callers leave them out.)"""
     verdict = (record.get("judge") or {}).get("verdict")
     if verdict not in ("consistent", "inconsistent"):
-        return "unknown"  # unknown, error, or no judge at all
+        return "unknown"
     return f"{verdict}_{'correct' if record.get('correct') else 'incorrect'}"
 
 
@@ -197,7 +200,7 @@ def _quadrants(records: Sequence[Record]) -> dict[str, float | None]:
         return dict.fromkeys(names)
     counts = dict.fromkeys(names, 0)
     for r in records:
-        counts[_quadrant(r)] += 1
+        counts[quadrant(r)] += 1
     return {k: v / len(records) for k, v in counts.items()}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from vlmstress.data.schema import ImageRef, Sample, letters
+from vlmstress.metrics import quadrant as metrics_quadrant
 from vlmstress.perturb import TEMPLATES, Prompt, perturb
 from vlmstress.report.runs import Run
 
@@ -80,13 +81,9 @@ class SampleView:
 
 
 def quadrant(record: dict) -> str:
-    """The record's quadrant as metrics.json counts it; error records are outside every quadrant."""
-    if record.get("error") is not None:
-        return "error"
-    verdict = (record.get("judge") or {}).get("verdict")
-    if verdict not in ("consistent", "inconsistent"):
-        return "unknown"
-    return f"{verdict}_{'correct' if record.get('correct') else 'incorrect'}"
+    """The record's quadrant as metrics.json counts it (metrics.quadrant); an error record is shown
+    as "error", being outside every quadrant."""
+    return "error" if record.get("error") is not None else metrics_quadrant(record)
 
 
 def synth_sample(sample_id: str) -> Sample | None:
