@@ -134,3 +134,17 @@ def test_a_share_of_captions_argues_for_a_wrong_option_while_the_target_stays_th
         synth.caption_text(s, s.target).rstrip(".") in make_example("caption", s, rng).user
         for s in samples[:20]
     )
+
+
+def test_captions_without_wrong_ones_draw_as_the_shipped_recipe_did():
+    """At caption_wrong 0 a caption example draws only its hedge coin, so configs/sft-tiny.yaml
+    (which has no wrong captions) replays the random stream its shipped weights were trained on."""
+    import random
+
+    from vlmstress.train.sft import make_example
+
+    s = synth.generate(1, seed=0, split="train")[0]
+    rng, expected = random.Random(7), random.Random(7)
+    make_example("caption", s, rng)
+    expected.random()  # the hedge
+    assert rng.getstate() == expected.getstate()

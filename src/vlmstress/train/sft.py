@@ -109,8 +109,8 @@ def make_example(kind: str, sample: Sample, rng: random.Random, caption_wrong: f
     if kind == "caption":
         # a caption is wrong with probability `caption_wrong` while the target stays the truth: the
         # model learns to weigh a caption against the image (trusting it where the image is unclear)
-        # instead of copying it
-        wrong = rng.random() < caption_wrong
+        # instead of copying it. No draw at 0, so the shipped recipe's random stream is as it was.
+        wrong = caption_wrong > 0 and rng.random() < caption_wrong
         caption = synth.caption_text(
             sample, misleading_letter(sample, rng.randrange(1 << 30)) if wrong else target_letter
         )
