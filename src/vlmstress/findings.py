@@ -279,8 +279,8 @@ def p_correct_by_sample(records: Sequence[Record], variant: str) -> dict[str, fl
 
 def confidence_drop_finding(evaluations: Sequence[EvalRun], variant: str, key: str) -> Finding:
     """Misleading text costs confidence: the SFT model's P(correct) on `variant` against its own on
-    base, sample by sample (Wilcoxon signed-rank, two-sided; zero differences dropped, as pratt
-    would count them against neither side)."""
+    base, sample by sample (Wilcoxon signed-rank, two-sided; samples whose P(correct) is the same on
+    both are dropped, scipy's zero_method="wilcox")."""
     claim = f"{variant} lowers the model's confidence in the right answer (P(correct)) against base"
     paper = "misleading text causes large drops in accuracy and confidence"
     test = "Wilcoxon signed-rank (two-sided) of per-sample P(correct), variant vs base"

@@ -4,8 +4,8 @@ Counts requests (samples x variants, plus one per LLM judge and answered prompt)
 tokens. The estimate needs no model weights: text at ~4 characters a token (the usual rule of thumb
 for English BPE vocabularies) and a number of tokens per image (every image of a multi-image
 sample): `--image-tokens N`, or else what the model's own image processor makes of the samples'
-images when it is on this machine (`image_tokens_from_processor`), or else 1,200 (a Qwen2.5-VL
-image at its default resolution cap, about); generated tokens are counted at the --max-new-tokens
+images when it is on this machine (`image_tokens_from_processor`), or else a fixed 1,200 (a guess,
+said as such in the plan); generated tokens are counted at the --max-new-tokens
 ceiling, so the cost is an upper bound.
 """
 
@@ -45,7 +45,7 @@ def plan_run(
     template: str,
     max_new_tokens: int,
     llm_judges: int,
-    image_tokens: int = 1200,
+    image_tokens: int = DEFAULT_IMAGE_TOKENS,
     price_in: float | None = None,
     price_out: float | None = None,
     system: str | None = None,

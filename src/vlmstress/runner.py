@@ -577,8 +577,6 @@ def difficulty_slices(records: Sequence[Mapping]) -> dict[str, dict[str, dict]]:
     entropy and P(correct) over the records with letter probabilities (null when none has them)."""
     from collections import defaultdict
 
-    from vlmstress.metrics import letter_entropy, p_correct
-
     groups: dict[tuple[str, str], list[Mapping]] = defaultdict(list)
     for r in records:
         if r.get("error") is None and r.get("difficulty"):
