@@ -53,6 +53,19 @@ class SFTConfig(Strict):
     caption_wrong: float = Field(default=0.0, ge=0, le=1)
     # torch's CPU threads (None: torch's default); one is fastest on a busy 2-core machine
     torch_threads: int | None = Field(default=None, gt=0)
+    # The model's own reasoning (`own` examples, train/sft.py own_examples): every `own_refresh`
+    # steps the model being trained writes its greedy reasoning for `own_pool` training questions
+    # (`own_caption` of them with a caption, wrong at the `caption_wrong` rate), and the answer
+    # letter after that reasoning is supervised with the truth. The letter then learns how often
+    # the model's own reasoning is right where it stands, which is a calibrated confidence.
+    own_refresh: int = Field(default=300, gt=0)
+    own_pool: int = Field(default=3000, gt=0)
+    own_caption: float = Field(default=0.0, ge=0, le=1)
+    # true: the answer letter after reasoning the model did not write itself (qa, caption, think,
+    # recover examples: always-correct reasoning) carries no loss, so the letter's confidence is
+    # learnt from the model's own reasoning only (a correct reasoning written by the recipe would
+    # teach it that reasoning is never wrong)
+    letter_from_own: bool = False
     curriculum: list[Phase]
 
 

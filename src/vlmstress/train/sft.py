@@ -14,7 +14,14 @@ skill directly before and beside the study's format (docs/tiny-model.md has the 
 - the prompt shapes the perturbations use, so that evaluation measures what the model trusts rather
   than what it has never seen: a correct caption (`caption`, sometimes hedged), its own correct
   reasoning prefilled (`think`), the stop-think prefill (`stop`), and a hedged wrong reasoning
-  followed by a recovery (`recover`).
+  followed by a recovery (`recover`);
+- `own`: the model's own greedy reasoning, regenerated as it trains, followed by the *true* answer
+  letter (with `letter_from_own`, the only examples whose answer letter after reasoning carries a
+  loss). Cross-entropy is a proper scoring rule, so the letter learns the probability that the
+  model's own reasoning is right in that context: where its reasoning is reliable (it sees the
+  largest shape) the letter stays sure, where it is not (it miscounts four circles) the letter
+  spreads. That is a graded, calibrated confidence, and an answer that can disagree with its
+  reasoning (docs/tiny-model.md, "Graded confidence").
 
 The loop is a plain PyTorch loop rather than transformers' Trainer: the curriculum redraws the mix at
 every step, and at 0.1-0.3 s a step the Trainer's per-step machinery would be a large share.
@@ -26,19 +33,22 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from vlmstress.data import synth
 from vlmstress.data.schema import Sample, letters
+from vlmstress.parse import parse
 from vlmstress.perturb import (
     CAPTION_HEDGE,
     STOP_THINK,
     TEMPLATES,
     THINK_HEDGE,
+    Prompt,
     misleading_letter,
+    perturb,
     render_user,
 )
 from vlmstress.train.config import SFTConfig
@@ -53,6 +63,8 @@ class Example:
     image: object | None
     prefill: str
     target: str
+    # False: the answer letter inside the target's <answer></answer> carries no loss (Batcher)
+    letter_loss: bool = True
 
 
 def describe_text(facts: dict) -> str:
@@ -68,7 +80,25 @@ def answer_target(sample: Sample, letter: str) -> str:
     return f"<think>{synth.think_text(sample, letter)}</think><answer>{letter}</answer>"
 
 
-def make_example(kind: str, sample: Sample, rng: random.Random, caption_wrong: float = 0.0) -> Example:
+# Kinds whose target ends on an answer letter after reasoning the recipe wrote (always correct):
+# with letter_from_own their letter carries no loss (SFTConfig.letter_from_own says why).
+WRITTEN_REASONING = ("qa", "caption", "think", "recover")
+
+
+def make_example(
+    kind: str,
+    sample: Sample,
+    rng: random.Random,
+    caption_wrong: float = 0.0,
+    letter_from_own: bool = False,
+) -> Example:
+    ex = _make_example(kind, sample, rng, caption_wrong)
+    if letter_from_own and kind in WRITTEN_REASONING:
+        return replace(ex, letter_loss=False)
+    return ex
+
+
+def _make_example(kind: str, sample: Sample, rng: random.Random, caption_wrong: float) -> Example:
     target_letter = sample.target
     user = render_user(sample.question, sample.options, TEMPLATE)
     full = answer_target(sample, target_letter)
@@ -88,7 +118,7 @@ def make_example(kind: str, sample: Sample, rng: random.Random, caption_wrong: f
         shapes = [o["shape"] for o in sample.facts["objects"]]
         o = rng.choice([o for o in sample.facts["objects"] if shapes.count(o["shape"]) == 1] or [None])
         if o is None:
-            return make_example("describe", sample, rng)
+            return _make_example("describe", sample, rng, caption_wrong)
         name = o["shape"] if o["size"] == "medium" else f"{o['size']} {o['shape']}"
         return Example(
             f"Where is the {name}?",
@@ -131,10 +161,65 @@ def make_example(kind: str, sample: Sample, rng: random.Random, caption_wrong: f
     raise ValueError(f"unknown example kind {kind!r}")
 
 
+def caption_prompt(sample: Sample, rng: random.Random, wrong: bool) -> Prompt:
+    """The question with a caption before it, as the correct_caption / wrong_caption variants
+    write it (hedged 30% of the time, as in `caption` examples); a wrong one argues for a random
+    wrong option."""
+    letter = misleading_letter(sample, rng.randrange(1 << 30)) if wrong else sample.target
+    caption = synth.caption_text(sample, letter)
+    if rng.random() < 0.3:
+        caption = caption.rstrip(".") + CAPTION_HEDGE
+    return Prompt(
+        sample_id=sample.sample_id,
+        variant="wrong_caption" if wrong else "correct_caption",
+        user=render_user(sample.question, sample.options, TEMPLATE, caption),
+        image=sample.image,
+        options=sample.options,
+        target=sample.target,
+    )
+
+
+def own_examples(
+    model, processor, samples: list[Sample], rng: random.Random, cfg: SFTConfig, log=print
+) -> list[Example]:
+    """`own` examples: the model's own greedy reasoning for each sample (`cfg.own_caption` of them
+    under a caption, wrong at `cfg.caption_wrong`), then the true letter. The reasoning is kept as
+    the model wrote it, right or wrong, and up to its `<answer>`: the target is the truth only, so
+    the letter learns P(truth | its own reasoning, image, question). A completion without a closed
+    reasoning and an `<answer>` is left out (counted in the log line)."""
+    from vlmstress.models.hf import HFModel
+
+    vlm = HFModel(model=model, processor=processor, name="sft")
+    prompts = []
+    for s in samples:
+        if rng.random() < cfg.own_caption:
+            prompts.append(caption_prompt(s, rng, wrong=rng.random() < cfg.caption_wrong))
+        else:
+            prompts.append(perturb(s, "base", cfg.seed))
+    was_training = model.training
+    model.eval()
+    gens = []
+    for start in range(0, len(prompts), 64):
+        gens += vlm.generate(prompts[start : start + 64], max_new_tokens=64)
+    model.train(was_training)
+    out, kept_wrong, dropped = [], 0, 0
+    for p, g in zip(prompts, gens):
+        head, sep, _ = (g.text or "").partition("<answer>")
+        if g.error or not sep or "</think>" not in head:
+            dropped += 1
+            continue
+        out.append(Example(p.user, p.image, head + sep, f"{p.target}</answer>"))
+        kept_wrong += parse(g.text, p.options).answer != p.target
+    log(
+        f"own reasoning: {len(out)} of {len(prompts)} kept ({dropped} without a closed think and an "
+        f"answer), {kept_wrong} answered wrong"
+        + ("; own examples are drawn as qa until a refresh keeps some" if not out else "")
+    )
+    return out
+
+
 def canonical(sample: Sample) -> Sample:
     """The sample with its options in one fixed order per family (sorted), for a first phase."""
-    from dataclasses import replace
-
     opts = sorted(sample.options)
     target = letters(4)[opts.index(sample.option_text(sample.target))]
     return replace(sample, options=tuple(opts), target=target)
@@ -173,13 +258,21 @@ class Batcher:
                 self.tok(prompt, add_special_tokens=False)["input_ids"]
             )
             labels[i, lengths[i] - n : lengths[i]] = enc["input_ids"][i, lengths[i] - n : lengths[i]]
+            if not examples[i].letter_loss:
+                # the letter is the token after the last <answer> (an added token, so the count of
+                # tokens behind it is the same in the text as in the model's input)
+                cut = text.rindex("<answer>") + len("<answer>") + 1
+                behind = len(self.tok(text, add_special_tokens=False)["input_ids"]) - len(
+                    self.tok(text[:cut], add_special_tokens=False)["input_ids"]
+                )
+                labels[i, lengths[i] - behind - 1] = -100
         enc["labels"] = labels
         return dict(enc)
 
 
 def corpus(n: int = 2000, seed: int = 0) -> list[str]:
     """Text the tokenizer is trained on: every prompt and target shape of the recipe and the suite."""
-    from vlmstress.perturb import VARIANTS, perturb
+    from vlmstress.perturb import VARIANTS
 
     texts = [STOP_THINK, DESCRIBE, CAPTION_HEDGE, THINK_HEDGE]
     rng = random.Random(seed)
@@ -347,19 +440,30 @@ def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
     if cfg.vision_pretrain_steps:
         pretrain_vision(model, processor, pool, cfg, rng, log)
     history = []
+    uses_own = any("own" in p.mix for p in cfg.curriculum)
+    own: list[Example] = []
     for step in range(cfg.max_steps):
         frac = step / cfg.max_steps
         phase = next(p for p in cfg.curriculum if frac < p.until)
         kinds, weights = zip(*phase.mix.items())
+        if uses_own and step % cfg.own_refresh == 0:
+            # the model's reasoning as it is now: its errors move as it trains
+            chosen = rng.sample(pool, min(cfg.own_pool, len(pool)))
+            own = own_examples(model, processor, chosen, rng, cfg, log)
         examples = []
         for _ in range(cfg.batch_size):
             kind = rng.choices(kinds, weights)[0]
+            if kind == "own" and own:
+                examples.append(own[rng.randrange(len(own))])
+                continue
+            if kind == "own":  # none usable yet (a model that cannot write the format): qa instead
+                kind = "qa"
             s = pool[rng.randrange(len(pool))]
             if kind == "compare":  # spatial samples only: the pool's families come in turn
                 s = pool[rng.randrange(len(pool) // 5) * 5]
             if not phase.shuffle_options:
                 s = canonical(s)
-            examples.append(make_example(kind, s, rng, cfg.caption_wrong))
+            examples.append(make_example(kind, s, rng, cfg.caption_wrong, cfg.letter_from_own))
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -384,25 +488,31 @@ def train_sft(cfg: SFTConfig, *, log=print, evaluate=None) -> Path:
 
 def synth_accuracy(
     model, processor, n: int = 200, seed: int = 0, hard_share: float = 0.0
-) -> dict[str, float]:
-    """Clean (base) accuracy on the synth validation split, overall and per family: the training
-    log's check (the test split stays for the final evaluation, so choosing a recipe by this log
-    does not tune it to the test set)."""
+) -> dict[str, float | None]:
+    """Clean (base) accuracy on the synth validation split, overall and per family, with the mean
+    letter entropy (nats) and ECE of the same answers: the training log's check (the test split
+    stays for the final evaluation, so choosing a recipe by this log does not tune it to the test
+    set)."""
     from collections import Counter
 
+    from vlmstress.metrics import calibration, letter_entropy
     from vlmstress.models.hf import HFModel
-    from vlmstress.parse import parse
-    from vlmstress.perturb import perturb
 
     vlm = HFModel(model=model, processor=processor, name="sft")
     samples = synth.generate(n, seed=seed, split="val", hard_share=hard_share)
     right, total = Counter(), Counter()
+    scored = []
     for start in range(0, n, 50):
         chunk = samples[start : start + 50]
         prompts = [perturb(s, "base", seed) for s in chunk]
         for s, p, g in zip(chunk, prompts, vlm.generate(prompts, max_new_tokens=64)):
             total[s.family] += 1
             right[s.family] += parse(g.text, p.options).answer == s.target
-    acc = {f: round(right[f] / total[f], 3) for f in total}
+            if g.letter_probs:
+                scored.append((g.letter_probs, s.target))
+    acc: dict[str, float | None] = {f: round(right[f] / total[f], 3) for f in total}
     acc["all"] = round(sum(right.values()) / n, 3)
+    acc["entropy"] = round(sum(letter_entropy(p) for p, _ in scored) / len(scored), 4) if scored else None
+    ece = calibration(scored).ece
+    acc["ece"] = None if ece is None else round(ece, 4)
     return acc
