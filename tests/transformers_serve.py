@@ -17,13 +17,25 @@ from transformers.cli.serving import model_manager
 from vlmstress.models.hf import load_processor
 
 
-def _load_processor(self, model_id_and_revision: str, gguf_file: str | None = None):
+def _load_processor_524(self, model_id_and_revision: str, gguf_file: str | None = None):
     model_id, revision = model_manager.split_revision(model_id_and_revision)
     return load_processor(model_id, revision=revision)
 
 
+def _load_processor(self, model_id: str):
+    repo, revision, _ = model_manager.parse_model_id(model_id)
+    return load_processor(repo, revision=revision)
+
+
+# At import, not under __main__: from transformers 5.25 the model loads in a process of its own,
+# started with "spawn", which imports this file again (as __mp_main__) and so patches its loader too.
+if hasattr(model_manager, "ModelLoader"):  # transformers >= 5.25
+    model_manager.ModelLoader.load_processor = _load_processor
+else:  # transformers 5.24 and before: one process, the manager loads the processor
+    model_manager.ModelManager._load_processor = _load_processor_524
+
+
 if __name__ == "__main__":
-    model_manager.ModelManager._load_processor = _load_processor
     from transformers.cli.transformers import main
 
     sys.argv = ["transformers", "serve", *sys.argv[1:]]
