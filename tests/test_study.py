@@ -235,7 +235,7 @@ def test_an_unfinished_arm_is_trained_on_rerun(done, config_file, monkeypatch, n
     marker.unlink()
     calls = []
 
-    def train(cfg, seed, run, log):
+    def train(cfg, seed, run, sft_weights, log):
         calls.append((seed, run, cfg.max_steps, cfg.augment.wrong_think, cfg.rewards[0].faithful))
         marker.write_text(text)
 
@@ -328,3 +328,86 @@ def test_table_over_seeds_is_mean_and_half_range(tmp_path):
         for line in _tables(text).split("| arm |")[1].splitlines()[2:]
     ]
     assert per_seed == [["plain", "40.0 (-5.0)", "50.0 (+5.0)"], ["augment", "–", "52.0 (+7.0)"]]
+
+
+def test_shipped_arms_are_used_only_where_the_study_would_train_exactly_them(
+    done, config_file, tmp_path, monkeypatch, no_report
+):
+    """A trained study's arms, shipped (float16 weights), are installed by a new study with the same
+    SFT weights and config instead of training; study.md says so. Another step count, or --retrain,
+    trains instead."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    _, trained = done
+    shipped = tmp_path / "shipped"
+    written = study.ship_arms(trained, shipped)
+    assert len(written) == len(ARMS) * len(SEEDS)
+    for folder in written:
+        assert {v.dtype for v in load_file(folder / "final" / "model.safetensors").values()} == {
+            torch.float16
+        }
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a shipped arm was trained")
+
+    monkeypatch.setattr(study, "_train", no_training)
+    result = run_study(settings(tmp_path / "s", config_file, shipped=shipped), log=lambda _: None)
+    assert "the arms are the shipped checkpoints" in result.table
+    for arm, seed, run, _ in runs(tmp_path / "s"):
+        made = json.loads((run / study.DONE).read_text())
+        assert made["source"] == "shipped" and made["seed"] == seed
+        original = load_file(trained / "train" / arm.name / f"seed-{seed}" / "final" / "model.safetensors")
+        installed = load_file(run / "final" / "model.safetensors")
+        assert original.keys() == installed.keys()
+        for k, v in installed.items():  # float32 again, as trained up to float16 rounding
+            assert v.dtype == torch.float32 and torch.equal(v, original[k].half().float())
+        original_dynamics = trained / "train" / arm.name / f"seed-{seed}" / "dynamics.jsonl"
+        assert (run / "dynamics.jsonl").read_bytes() == original_dynamics.read_bytes()
+    assert [e.origin for e in result.evaluations[1:]] == ["shipped"] * len(ARMS) * len(SEEDS)
+
+    calls = []
+
+    def train(cfg, seed, run, sft_weights, log):  # stands in for GRPO: the trained arm's policy
+        calls.append(run)
+        shutil.copytree(trained / "train" / run.parent.name / run.name / "final", run / "final")
+
+    monkeypatch.setattr(study, "_train", train)
+    for out, extra in (("steps", {"grpo_steps": STEPS + 1}), ("retrain", {"retrain": True})):
+        calls.clear()
+        run_study(settings(tmp_path / out, config_file, shipped=shipped, **extra), log=lambda _: None)
+        assert len(calls) == len(ARMS) * len(SEEDS), out
+
+
+def test_shipped_arms_of_other_sft_weights_are_not_used(done, tmp_path, tiny_ckpt, config_file):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, trained = done
+    shipped = tmp_path / "shipped"
+    study.ship_arms(trained, shipped)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    weights = load_file(ckpt / "model.safetensors")
+    save_file({k: v + 1 if k.endswith("bias") else v for k, v in weights.items()}, ckpt / "model.safetensors")
+    base = study.base_config(settings(tmp_path, config_file))
+    cfg = study.arm_config(base, ARMS[0])
+    digest = study.weights_digest("tiny")
+    assert study.shipped_arm(shipped, ARMS[0].name, cfg, SEEDS[0], digest) is not None
+    assert (
+        study.shipped_arm(shipped, ARMS[0].name, cfg, SEEDS[0], study.weights_digest(f"tiny:{ckpt}")) is None
+    )
+    assert study.shipped_arm(shipped, ARMS[0].name, cfg, SEEDS[0] + 7, digest) is None
+    other = cfg.model_copy(update={"learning_rate": cfg.learning_rate * 2})
+    assert study.shipped_arm(shipped, ARMS[0].name, other, SEEDS[0], digest) is None
+
+
+def test_retrain_and_no_train_together_are_one_usage_line(capsys):
+    from vlmstress.cli import main
+
+    assert main(["demo", "--retrain", "--no-train", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--retrain" in err[0] and "--no-train" in err[0]

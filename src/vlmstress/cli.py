@@ -95,7 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--config", default=str(study.DEFAULT_CONFIG), help="the GRPO config every arm overrides")
     d.add_argument(
-        "--no-train", action="store_true", help="evaluate only: the SFT model and the arms trained in --out"
+        "--no-train",
+        action="store_true",
+        help="evaluate only: the SFT model and the arms already in --out or shipped with the package",
+    )
+    d.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train every GRPO arm here by the recipe, even where a shipped checkpoint matches (hours "
+        "on a CPU); without it the default study evaluates the arms shipped with the package",
     )
 
     e = sub.add_parser("eval", parents=[user_code], help="evaluate a model under the perturbation suite")
@@ -324,6 +332,8 @@ def cmd_demo(args) -> int:
     from vlmstress.study import StudySettings, run_study
     from vlmstress.train.grpo import parse_seeds
 
+    if args.retrain and args.no_train:
+        raise UsageError("--retrain trains every arm and --no-train trains none: pass one of them")
     settings = StudySettings(
         out=Path(args.out),
         model=args.model,
@@ -333,6 +343,7 @@ def cmd_demo(args) -> int:
         n=args.n,
         seed=args.seed,
         train=not args.no_train,
+        retrain=args.retrain,
     )
     start = time.monotonic()
     result = run_study(settings)

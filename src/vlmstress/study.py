@@ -22,6 +22,15 @@ Layout of the output folder DIR:
   findings.json             the same findings, one object each (src/vlmstress/findings.py)
   report.html (.md, .tex)   the HTML report over every evaluation, with each arm's training curves
 
+Shipped arms: GRPO on a CPU takes hours (the paper's effects need ~120 steps; docs/tiny-model.md),
+so the arms of the default study ship with the package like the SFT weights do, in
+`assets/study/ARM/seed-S/` (the final policy with its weights in float16, the run's dynamics.jsonl,
+and trained.json naming the SFT weights' digest and the whole arm config they were trained with).
+A study uses a shipped arm only where it would train exactly that run itself (same SFT weights,
+same config, same seed), and says so; `--retrain` trains every arm instead, by the same recipe, and
+`python scripts/ship_arms.py DIR` turns such a study's arms into the shipped ones. Any other
+setting (`--grpo-steps`, `--config`, `--model`, a seed with no shipped arm) trains in the study.
+
 Resume: a rerun with the same DIR skips the GRPO runs that finished (`trained.json` beside their
 final policy), continues an interrupted one from its last checkpoint (train_grpo does that), and
 the evaluation runner resumes its records.
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +72,9 @@ EVAL_BATCH = 64  # the tiny model's evaluation is ~1.6x faster at 64 prompts a b
 # checkout's configs/grpo-tiny.yaml is a link to this file.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "assets" / "configs" / "grpo-tiny.yaml"
 DONE = "trained.json"
+# GRPO arms trained by `vlmstress demo --retrain` and shipped like the SFT weights (module docstring)
+SHIPPED_ARMS = Path(__file__).resolve().parent / "assets" / "study"
+WEIGHTS = "model.safetensors"
 FINDINGS = "findings.json"  # the Findings section's rows, as study.md and report.html show them
 
 
@@ -107,8 +120,10 @@ class StudySettings:
     seed: int = 0  # data seed: the test set and its misleading letters, the training pool, held-out set
     variants: tuple[str, ...] = ()  # () = every variant
     dynamics_n: int = DEFAULT_DYNAMICS_N
-    train: bool = True  # False: evaluate the SFT model and the arms already trained in `out` only
+    train: bool = True  # False: evaluate the SFT model and the arms already in `out` or shipped only
     arms: tuple[Arm, ...] = ARMS
+    retrain: bool = False  # True: train every arm here, even where a shipped checkpoint matches
+    shipped: Path = SHIPPED_ARMS  # where shipped arm checkpoints are looked up
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,7 @@ class Evaluation:
     seed: int | None  # the arm's GRPO seed; None for the SFT model
     path: Path  # the evaluation run folder
     metrics: dict  # its metrics.json
+    origin: str | None = None  # an arm's: "shipped" (installed from the package) or "trained" (here)
 
 
 @dataclass(frozen=True)
@@ -239,6 +255,8 @@ def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> St
         "n": settings.n,
         "seed": settings.seed,
         "config": base.model_dump(mode="json"),
+        # a folder of shipped arms is not retrained in place (its evaluations would be reused)
+        "retrain": settings.retrain,
     }
     with run_lock(out):  # two studies in one folder would train the same runs at once
         check_study(out, identity)
@@ -265,7 +283,7 @@ def _run(
         minutes, seconds = divmod(int(time.monotonic() - start), 60)
         log(f"== [{minutes}:{seconds:02d}] {text}")
 
-    def evaluate(label: str, seed: int | None, model: str) -> Evaluation:
+    def evaluate(label: str, seed: int | None, model: str, origin: str | None = None) -> Evaluation:
         path = out / "eval" / (label if seed is None else f"{label}-seed-{seed}")
         done = done_keys(path) & {(s.sample_id, v) for s in samples for v in variants}
         wanted = len(samples) * len(variants)
@@ -274,20 +292,31 @@ def _run(
         else:
             resumed = f" ({resumed_line(samples, variants, done)})" if done else ""
             stage(f"evaluating {model} on synth:{settings.n} ({len(variants)} variants) -> {path}{resumed}")
-        return Evaluation(label, seed, path, _evaluate(model, samples, variants, settings, path))
+        metrics = _evaluate(model, samples, variants, settings, path)
+        return Evaluation(label, seed, path, metrics, origin)
 
     evaluations = [evaluate("sft", None, settings.model)]
+    digest = weights_digest(settings.model)
     for seed in settings.seeds:  # seed-major: one seed of every arm is a whole comparison early on
         for arm in settings.arms:
             run = out / "train" / arm.name / f"seed-{seed}"
+            cfg = arm_config(base, arm)
+            shipped = None if settings.retrain else shipped_arm(settings.shipped, arm.name, cfg, seed, digest)
             if (run / DONE).exists():
-                stage(f"reusing GRPO arm {arm.name}, seed {seed}: trained in {run}")
+                how = "the shipped checkpoint" if origin(run) == "shipped" else "trained"
+                stage(f"reusing GRPO arm {arm.name}, seed {seed}: {how} in {run}")
+            elif shipped is not None:
+                stage(
+                    f"GRPO arm {arm.name}, seed {seed}: the shipped checkpoint ({settings.grpo_steps} "
+                    f"steps, trained by `vlmstress demo --retrain`, not here) -> {run}"
+                )
+                install_arm(shipped, run)
             elif not settings.train:
                 continue
             else:
                 stage(f"GRPO arm {arm.name}, seed {seed}: {settings.grpo_steps} steps -> {run}")
-                _train(arm_config(base, arm), seed, run, log)
-            evaluations.append(evaluate(arm.name, seed, f"{kind}:{run / 'final'}"))
+                _train(cfg, seed, run, digest, log)
+            evaluations.append(evaluate(arm.name, seed, f"{kind}:{run / 'final'}", origin(run)))
 
     stage("writing study.md and the HTML report")
     found = study_findings(evaluations, out)
@@ -334,13 +363,107 @@ def _jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _train(cfg: GRPORunConfig, seed: int, run: Path, log: Callable[[str], None]) -> None:
+def recipe(cfg: GRPORunConfig) -> dict:
+    """What defines an arm's training run besides its seed and the SFT weights: the whole config
+    but where it is written."""
+    return cfg.model_dump(mode="json", exclude={"out", "seed", "seeds"})
+
+
+def _train(
+    cfg: GRPORunConfig, seed: int, run: Path, sft_weights: str | None, log: Callable[[str], None]
+) -> None:
     from vlmstress.runlog import write_atomic
     from vlmstress.train.grpo import train_grpo
 
     train_grpo(cfg, seed=seed, out=run, log=log)
     # Written last: its presence says the final policy is whole, so a rerun need not touch the run.
-    write_atomic(run / DONE, json.dumps({"seed": seed, "max_steps": cfg.max_steps}))
+    # It names what the run was trained from, so that it can be shipped (scripts/ship_arms.py).
+    made = {
+        "seed": seed,
+        "max_steps": cfg.max_steps,
+        "source": "trained",
+        "sft_weights": sft_weights,
+        "config": recipe(cfg),
+    }
+    write_atomic(run / DONE, json.dumps(made))
+
+
+def origin(run: Path) -> str:
+    """Where a finished arm's policy came from: "shipped" (installed) or "trained" (in this study)."""
+    try:
+        source = json.loads((run / DONE).read_text()).get("source")
+    except (OSError, ValueError):
+        source = None
+    return "shipped" if source == "shipped" else "trained"
+
+
+def shipped_arm(
+    shipped: Path, arm: str, cfg: GRPORunConfig, seed: int, sft_weights: str | None
+) -> Path | None:
+    """The shipped checkpoint of `arm` at `seed`, if it was trained exactly as this study would
+    train it (the same SFT weights, by digest, and the same config); else None."""
+    folder = shipped / arm / f"seed-{seed}"
+    try:
+        made = json.loads((folder / DONE).read_text())
+    except (OSError, ValueError):
+        return None
+    if sft_weights is None or made.get("sft_weights") != sft_weights or made.get("config") != recipe(cfg):
+        return None
+    if not (folder / "final" / WEIGHTS).is_file():
+        return None
+    return folder
+
+
+def install_arm(shipped: Path, run: Path) -> None:
+    """A shipped arm as a finished run of this study: final/ (the policy, its weights back in float32
+    as they were trained), its dynamics.jsonl, and trained.json last (saying `source: shipped`)."""
+    from safetensors.torch import load_file, save_file
+
+    from vlmstress.runlog import write_atomic
+
+    final = run / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    for f in (shipped / "final").iterdir():
+        if f.name == WEIGHTS:
+            weights = {k: v.float() for k, v in load_file(f).items()}
+            save_file(weights, final / WEIGHTS, metadata={"format": "pt"})
+        elif f.is_file():
+            shutil.copy2(f, final / f.name)
+    if (shipped / "dynamics.jsonl").is_file():
+        shutil.copy2(shipped / "dynamics.jsonl", run / "dynamics.jsonl")
+    made = json.loads((shipped / DONE).read_text())
+    write_atomic(run / DONE, json.dumps({**made, "source": "shipped"}))
+
+
+def ship_arms(study: Path, dest: Path = SHIPPED_ARMS) -> list[Path]:
+    """Copy a study's trained arms (train/ARM/seed-S with trained.json) into `dest` as shipped
+    checkpoints: final/ with its weights in float16 (half the size; what that changes is measured
+    in docs/tiny-model.md), dynamics.jsonl, trained.json. Returns the folders written."""
+    from safetensors.torch import load_file, save_file
+
+    done = sorted(Path(study).glob(f"train/*/seed-*/{DONE}"))
+    if not done:
+        raise UsageError(f"no trained arms under {study}/train")
+    written = []
+    for path in done:
+        run = path.parent
+        made = json.loads(path.read_text())
+        if made.get("source") != "trained" or made.get("sft_weights") is None:
+            raise UsageError(f"{run} was not trained in that study from tiny weights: not shipped")
+        target = dest / run.parent.name / run.name
+        if target.exists():
+            shutil.rmtree(target)
+        (target / "final").mkdir(parents=True)
+        for f in (run / "final").iterdir():
+            if f.name == WEIGHTS:
+                weights = {k: v.half() for k, v in load_file(f).items()}
+                save_file(weights, target / "final" / WEIGHTS, metadata={"format": "pt"})
+            elif f.is_file():
+                shutil.copy2(f, target / "final" / f.name)
+        shutil.copy2(run / "dynamics.jsonl", target / "dynamics.jsonl")
+        (target / DONE).write_text(json.dumps(made, indent=1) + "\n")
+        written.append(target)
+    return written
 
 
 def _evaluate(model: str, samples: Sequence, variants: list[str], settings: StudySettings, out: Path) -> dict:
@@ -410,9 +533,9 @@ def study_markdown(
     lines = [
         f"# GRPO arms vs the SFT model {settings.model} on synth:{settings.n}",
         "",
-        f"GRPO: {settings.grpo_steps} steps per arm and seed, arms overriding {settings.config.name}. "
-        f"Evaluation: the synthetic test split (data seed {settings.seed}), rule judge. Cells: mean ± half "
-        "the range over seeds (SFT: one greedy evaluation).",
+        f"GRPO: {settings.grpo_steps} steps per arm and seed, arms overriding {settings.config.name}"
+        f"{_provenance(evaluations)}. Evaluation: the synthetic test split (data seed {settings.seed}), "
+        "rule judge. Cells: mean ± half the range over seeds (SFT: one greedy evaluation).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -446,6 +569,20 @@ def study_markdown(
 
         lines += ["", findings_markdown(findings).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def _provenance(evaluations: Sequence[Evaluation]) -> str:
+    """Where the arms' policies come from, as study.md's header says it."""
+    origins = [e.origin for e in evaluations if e.seed is not None]
+    shipped = origins.count("shipped")
+    if not shipped:
+        return "; every arm trained in this run" if origins else ""
+    if shipped == len(origins):
+        return (
+            "; the arms are the shipped checkpoints (trained by the same recipe with "
+            "`vlmstress demo --retrain`, not in this run; their dynamics are those runs' logs)"
+        )
+    return f"; {shipped} of {len(origins)} arm runs are shipped checkpoints, the rest trained in this run"
 
 
 def _user_mode_mark(group: Sequence[Evaluation], variant: str) -> str:
