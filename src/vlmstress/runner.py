@@ -30,17 +30,11 @@ from vlmstress.data.schema import Sample
 from vlmstress.errors import UsageError
 from vlmstress.extract import Extraction, ExtractItem, Extractor
 from vlmstress.judge.base import Judge, JudgeItem, Verdict
-from vlmstress.metrics import (
-    RecordSummary,
-    compute_metrics,
-    letter_entropy,
-    p_correct,
-    summarize,
-    summary_markdown,
-)
+from vlmstress.metrics import RecordSummary, compute_metrics, letter_entropy, p_correct, summarize
 from vlmstress.models.base import VLM, Generation
 from vlmstress.parse import Parsed, after_think, grade_open, parse, think_source
 from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb, with_system
+from vlmstress.report.summary import summary_markdown
 from vlmstress.runlog import (
     RECORDS,
     SHARDS,
