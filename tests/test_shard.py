@@ -190,16 +190,16 @@ def killed_run(out, samples, spec, world, finished, torn_rank=None):
         path.parent.mkdir(exist_ok=True)
         with Log(path) as log:
             if rank == 0:
-                log.append(errors)
+                log.append([r.to_json() for r in errors])
                 committed |= {(r["sample_id"], r["variant"]) for r in errors}
             for chunk in mine[: finished[rank]]:
                 gens = model.generate([p for _, p in chunk], max_new_tokens=8)
-                log.append([make_record(s, p, g, []) for (s, p), g in zip(chunk, gens)])
+                log.append([make_record(s, p, g, []).to_json() for (s, p), g in zip(chunk, gens)])
                 committed |= {(s.sample_id, p.variant) for s, p in chunk}
         if rank == torn_rank:
             chunk = mine[finished[rank]]
             gens = model.generate([p for _, p in chunk], max_new_tokens=8)
-            lines = [json.dumps(make_record(s, p, g, [])) + "\n" for (s, p), g in zip(chunk, gens)]
+            lines = [json.dumps(make_record(s, p, g, []).to_json()) + "\n" for (s, p), g in zip(chunk, gens)]
             with path.open("a") as f:
                 f.write(lines[0] + lines[1][:30])
     return committed

@@ -11,7 +11,8 @@ rerun whose model, model options, data, seed, template, token budget, judges, an
 system prompt differ from the log's is refused. The same engine also runs over an in-memory log
 (`run_in_memory`) for the Python API. The log discipline itself (append, commit, lock, read) is
 runlog.py. Several processes share one run through `run_rank` below, which shard.py launches under
-torchrun / accelerate (docs/scaling.md). See docs/reliability.md.
+torchrun / accelerate (docs/scaling.md). Each record is a schema.Record carrying the prompt it
+answered. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmstress.data.schema import Sample
+from vlmstress.data.schema import Record, RenderedPrompt, Sample
 from vlmstress.errors import UsageError
 from vlmstress.extract import Extraction, ExtractItem, Extractor
 from vlmstress.judge.base import Judge, JudgeItem, Verdict
@@ -109,31 +110,34 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def error_record(sample: Sample, variant: str, error: str, prompt: Prompt | None = None) -> dict:
-    return {
-        "sample_id": sample.sample_id,
-        "variant": variant,
-        "target": sample.target,
-        "misleading": prompt.misleading if prompt else None,
-        "response": None,
-        "prefill": prompt.prefill if prompt else None,
-        "think": None,
-        "answer": None,
-        "parsed": False,
-        "correct": False,
-        "letter_probs": None,
-        "entropy": None,
-        "p_correct": None,
-        "score_source": None,
-        "judge": None,
-        "error": error,
-        "family": sample.family,
-        "difficulty": sample_difficulty(sample),
-        "n_tokens": 0,
-        "prefill_mode": None,
-        "think_source": None,
-        "parse_mode": None,
-    }
+def error_record(sample: Sample, variant: str, error: str, prompt: Prompt | None = None) -> Record:
+    """The record of what got no answer: a broken sample or a variant that does not apply (nothing
+    asked, no prompt), or a failed model call (the prompt it asked)."""
+    return Record(
+        sample_id=sample.sample_id,
+        variant=variant,
+        target=sample.target,
+        misleading=prompt.misleading if prompt else None,
+        response=None,
+        prefill=prompt.prefill if prompt else None,
+        think=None,
+        answer=None,
+        parsed=False,
+        correct=False,
+        letter_probs=None,
+        entropy=None,
+        p_correct=None,
+        score_source=None,
+        judge=None,
+        error=error,
+        family=sample.family,
+        difficulty=sample_difficulty(sample),
+        n_tokens=0,
+        prefill_mode=None,
+        think_source=None,
+        parse_mode=None,
+        prompt=RenderedPrompt.of(prompt) if prompt else None,
+    )
 
 
 def make_record(
@@ -142,7 +146,7 @@ def make_record(
     gen: Generation,
     verdicts: list[Verdict],
     extraction: Extraction | None = None,
-) -> dict:
+) -> Record:
     if gen.error:
         return error_record(sample, prompt.variant, gen.error, prompt)
     parsed = parse(prompt.prefill + gen.text, prompt.options)
@@ -153,39 +157,36 @@ def make_record(
         correct = answer is not None and answer == prompt.target
     probs = gen.letter_probs
     meta = {k: v for k, v in gen.meta.items() if not (k == "prefill_mode" and not prompt.prefill)}
-    record = {
-        "sample_id": sample.sample_id,
-        "variant": prompt.variant,
-        "target": prompt.target,
-        "misleading": prompt.misleading,
-        "response": gen.text,
-        "prefill": prompt.prefill,
-        "think": parsed.think,
-        "answer": answer,
-        "parsed": parse_mode is not None,
-        "correct": bool(correct),
-        "letter_probs": probs,
-        "entropy": letter_entropy(probs) if probs else None,
-        "p_correct": p_correct(probs, prompt.target) if probs and prompt.target else None,
-        "score_source": gen.score_source if probs else None,
-        "judge": verdicts[0].to_json() if verdicts else None,
-        "error": None,
-        "family": sample.family,
-        "difficulty": sample_difficulty(sample),
-        "n_tokens": gen.n_tokens,
+    return Record(
+        sample_id=sample.sample_id,
+        variant=prompt.variant,
+        target=prompt.target,
+        misleading=prompt.misleading,
+        response=gen.text,
+        prefill=prompt.prefill,
+        think=parsed.think,
+        answer=answer,
+        parsed=parse_mode is not None,
+        correct=bool(correct),
+        letter_probs=probs,
+        entropy=letter_entropy(probs) if probs else None,
+        p_correct=p_correct(probs, prompt.target) if probs and prompt.target else None,
+        score_source=gen.score_source if probs else None,
+        judge=verdicts[0] if verdicts else None,
+        error=None,
+        family=sample.family,
+        difficulty=sample_difficulty(sample),
+        n_tokens=gen.n_tokens,
         # Where the prefill went (in-process backends always continue the model's own turn; a
         # server may have put it in the user turn) and where the think was read from.
-        "prefill_mode": meta.pop("prefill_mode", "assistant") if prompt.prefill else None,
-        "think_source": meta.pop("think_source", None) or think_source(gen.text, prompt.prefill),
-        "parse_mode": parse_mode,  # strict, lenient, extract, or null: unparsed
-    }
-    if extraction is not None:  # the extractor was asked: what it read, or why it could not
-        record["extraction"] = extraction.to_json()
-    if len(verdicts) > 1:
-        record["judges"] = [v.to_json() for v in verdicts]
-    if meta:  # anything else a backend says about how it answered
-        record["meta"] = meta
-    return record
+        prefill_mode=meta.pop("prefill_mode", "assistant") if prompt.prefill else None,
+        think_source=meta.pop("think_source", None) or think_source(gen.text, prompt.prefill),
+        parse_mode=parse_mode,  # strict, lenient, extract, or null: unparsed
+        extraction=extraction,  # the extractor was asked: what it read, or why it could not
+        judges=tuple(verdicts) if len(verdicts) > 1 else None,
+        meta=meta or None,  # anything else a backend says about how it answered
+        prompt=RenderedPrompt.of(prompt),
+    )
 
 
 def read_answer(parsed: Parsed, extraction: Extraction | None) -> tuple[str | None, str | None]:
@@ -306,7 +307,7 @@ def plan(
     template: str,
     done: set[tuple[str, str]],
     system: str | None = None,
-) -> tuple[Todo, list[dict]]:
+) -> tuple[Todo, list[Record]]:
     """The prompts still to run (a Todo, in the order: variant by variant, samples in order; each
     prompt with the `system` turn), and the error records of what cannot run at all. Each prompt is
     built here once to learn whether its variant applies, then dropped; the Todo builds it again
@@ -330,11 +331,17 @@ def plan(
     return Todo(samples, list(variants), seed, template, items, system), errors
 
 
-def failed_call(record: dict) -> bool:
+def failed_call(record: Mapping) -> bool:
     """Whether a record is the error of a model call (a timeout, a refused request, an unreadable
     image), which another attempt may get past; not one of a broken sample or an inapplicable variant."""
+    return record.get("error") is not None and not planned_error(record)
+
+
+def planned_error(record: Mapping) -> bool:
+    """Whether a record is one `plan` made: of a broken sample or an inapplicable variant, written
+    before any prompt runs."""
     error = record.get("error")
-    return error is not None and not error.startswith((SAMPLE_ERROR, NOT_APPLICABLE))
+    return error is not None and error.startswith((SAMPLE_ERROR, NOT_APPLICABLE))
 
 
 def drop_failed(path: Path, records: list[dict]) -> list[dict]:
@@ -399,9 +406,13 @@ def run_eval(
             log(resumed_line(samples, spec.variants, done))
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done, spec.system)
         write_atomic(out / "config.json", config_text(spec, samples))
-        with Log(path) as log:
-            log.append(errors)
-            _generate_all(model, todo, spec, judges, log, progress, on_batch, extractor)
+        with Log(path) as records_log:
+
+            def emit(records: list[Record]) -> None:
+                records_log.append([r.to_json() for r in records])
+
+            emit(errors)
+            _generate_all(model, todo, spec, judges, emit, progress, on_batch, extractor)
         return finish_run(samples, spec, out)
 
 
@@ -420,10 +431,10 @@ def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
     return metrics
 
 
-def run_records(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[dict]:
+def run_records(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[Record]:
     """The records of this command in the log of `out`, in log order: records a wider earlier run
     left there (more variants, a higher limit) stay in the log but describe another command."""
-    return list(_this_command(samples, spec, out))
+    return [Record.from_json(r) for r in _this_command(samples, spec, out)]
 
 
 def run_summaries(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[RecordSummary]:
@@ -461,13 +472,11 @@ def run_in_memory(
     judges: Sequence[Judge] = (),
     progress: bool = False,
     extractor: Extractor | None = None,
-) -> tuple[list[dict], dict]:
+) -> tuple[list[Record], dict]:
     """run_eval's engine over a log held in memory: the records and metrics, and no file written."""
-    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, set(), spec.system)
-    log = _MemoryLog()
-    log.append(errors)
-    _generate_all(model, todo, spec, judges, log, progress, None, extractor)
-    return log.records, run_metrics(samples, spec, log.records)
+    todo, records = plan(samples, spec.variants, spec.seed, spec.template, set(), spec.system)
+    _generate_all(model, todo, spec, judges, records.extend, progress, None, extractor)
+    return records, run_metrics(samples, spec, records)
 
 
 def check_same_run(out: Path, spec: RunSpec) -> None:
@@ -504,19 +513,17 @@ def preflight(model: VLM, todo: Todo) -> None:
             logging.getLogger("vlmstress").warning(line)
 
 
-class _MemoryLog:
-    """What _generate_all needs of a log, kept in a list: nothing to commit, nothing to resume."""
-
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def append(self, records: list[dict]) -> None:
-        self.records.extend(records)
-
-
 def _generate_all(
-    model, todo, spec, judges, log: Log | _MemoryLog, progress, on_batch, extractor: Extractor | None = None
+    model,
+    todo,
+    spec,
+    judges,
+    emit: Callable[[list[Record]], None],
+    progress,
+    on_batch,
+    extractor: Extractor | None = None,
 ) -> None:
+    """Run `todo` a batch at a time; `emit` takes each batch's records (appends them to a log)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     preflight(model, todo)
@@ -534,7 +541,7 @@ def _generate_all(
             # Extraction first: an answer only the extractor read is the one the judges judge.
             found = extract_batch(extractor, prompts, gens, questions)
             verdicts = judge_batch(judges, prompts, gens, questions, found)
-            log.append([make_record(*row) for row in zip(samples, prompts, gens, verdicts, found)])
+            emit([make_record(*row) for row in zip(samples, prompts, gens, verdicts, found)])
             bar.advance(task, len(chunk))
             if on_batch:
                 on_batch(len(chunk), model_seconds)
@@ -624,7 +631,7 @@ def assign(n_batches: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n_batches, world))
 
 
-def record_key(record: dict) -> Key:
+def record_key(record: Mapping) -> Key:
     return record["sample_id"], record["variant"]
 
 
@@ -680,11 +687,9 @@ def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
     """
     path = out / RECORDS
     existing = {record_key(r) for r in read_records(path)}
-    # The order one process resuming this log would write in: its errors first, then its prompts.
-    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, existing, spec.system)
-    order = [record_key(r) for r in errors] + list(todo.keys())
     files = shard_files(out)
-    new = merge_records(existing, (read_records(f) for f in files), order)
+    shards = [read_records(f) for f in files]
+    new = merge_records(existing, shards, one_process_order(samples, spec.variants, shards))
     with Log(path) as log:
         log.append(new)
     folder = out / SHARDS
@@ -697,6 +702,24 @@ def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
         folder.rmdir()
     fsync_dir(out)
     return len(new)
+
+
+def one_process_order(
+    samples: Sequence[Sample], variants: Sequence[str], shards: Sequence[Sequence[Mapping]]
+) -> list[Key]:
+    """The keys of the shards' records in the order one process resuming the log would write them:
+    first the records `plan` made (planned_error: written before any prompt runs), then the others,
+    each variant by variant, samples in order. Read from the records: no prompt is built again.
+    Keys outside this command (a wider earlier run's) are left out (merge_records puts them last)."""
+    sample_at = {s.sample_id: i for i, s in enumerate(samples)}
+    variant_at = {v: i for i, v in enumerate(variants)}
+    planned: dict[Key, bool] = {}
+    for records in shards:
+        for r in records:
+            key = record_key(r)
+            if key[0] in sample_at and key[1] in variant_at:
+                planned.setdefault(key, planned_error(r))  # the first copy, as merge_records keeps
+    return sorted(planned, key=lambda k: (not planned[k], variant_at[k[1]], sample_at[k[0]]))
 
 
 def run_rank(
@@ -734,10 +757,14 @@ def run_rank(
         # Whole batches of the one-process plan, flattened: _generate_all cuts them back the same way
         # (every batch but the plan's last is full, and the last can only be a rank's last).
         mine = todo.subset(array("q", (c for j in assign(len(chunks), rank, world) for c in chunks[j].items)))
-        with Log(shard_path(out, rank, world)) as log:
+        with Log(shard_path(out, rank, world)) as rank_log:
+
+            def emit(records: list[Record]) -> None:
+                rank_log.append([r.to_json() for r in records])
+
             if rank == 0:
-                log.append(errors)
-            _generate_all(model, mine, spec, judges, log, progress, on_batch, extractor)
+                emit(errors)
+            _generate_all(model, mine, spec, judges, emit, progress, on_batch, extractor)
         sync()  # every shard is complete
     if rank != 0:
         return None
