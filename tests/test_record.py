@@ -1,6 +1,6 @@
 """The typed Record (data/schema.py): its JSON is records.jsonl's, byte for byte; every record carries
 the prompt it answered and the report's sample browser shows that prompt; logs written before
-records carried prompts still report, resume and read."""
+records carried prompts still report, resume and read; a single process is the engine's one rank."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ import pandas as pd
 import pytest
 
 import vlmstress
+from vlmstress import runner
 from vlmstress.data import synth
 from vlmstress.data.schema import Extraction, Prompt, Record, RenderedPrompt, Sample, Verdict
+from vlmstress.judge.rule import RuleJudge
 from vlmstress.models.base import Generation
 from vlmstress.perturb import VARIANTS, NotApplicable, build_prompt, perturb, register_variant
 from vlmstress.report.browser import sample_views
 from vlmstress.report.runs import load_runs
-from vlmstress.runlog import RECORDS, read_records
-from vlmstress.runner import error_record, make_record, plan
+from vlmstress.runlog import RECORDS, read_records, run_lock
+from vlmstress.runner import RunSpec, error_record, make_record, plan, run_eval, run_in_memory
 
 # records.jsonl's keys before records carried their prompt, in the order they were written
 # (design.md, "Outputs of eval"); then the optional ones, where present; `prompt` comes last.
@@ -192,6 +194,40 @@ def test_a_log_without_prompts_still_reports_resumes_and_reads(tiny, tmp_path):
     assert all(r.variant == "wrong_think" and r.prompt.user for r in new)
     for variant in ("base", "wrong_caption"):
         assert again.metrics["variants"][variant] == first.metrics["variants"][variant]
+
+
+class Watched:
+    """The tiny model, looking at the run folder at every batch: a single-process run appends to
+    records.jsonl itself and never writes a shard."""
+
+    def __init__(self, model, out):
+        self.model, self.out, self.name, self.sizes = model, out, model.name, []
+
+    def generate(self, prompts, *, max_new_tokens):
+        assert not (self.out / "shards").exists()
+        self.sizes.append((self.out / RECORDS).stat().st_size)
+        return self.model.generate(prompts, max_new_tokens=max_new_tokens)
+
+
+def test_a_single_process_run_is_the_engines_one_rank(tiny, tmp_path):
+    samples = synth.generate(5)
+    samples[2] = replace(samples[2], error="unreadable image")
+    spec = RunSpec(model=tiny.name, data="synth:5", variants=["base", "wrong_think"], batch_size=3)
+    one, rank = tmp_path / "run_eval", tmp_path / "run_rank"
+    watched = Watched(tiny, one)
+    metrics = run_eval(watched, samples, spec, one, judges=[RuleJudge()], progress=False)
+    assert len(watched.sizes) == 3 and watched.sizes == sorted(set(watched.sizes))  # grows a batch at a time
+    with run_lock(rank):
+        assert (
+            runner.run_rank(tiny, samples, spec, rank, world=1, judges=[RuleJudge()], progress=False)
+            == metrics
+        )
+    for name in (RECORDS, "metrics.json", "summary.md", "config.json", ".records.commit"):
+        assert (rank / name).read_bytes() == (one / name).read_bytes(), name
+    records, in_memory = run_in_memory(tiny, samples, spec, judges=[RuleJudge()])
+    assert "".join(json.dumps(r.to_json()) + "\n" for r in records) == (one / RECORDS).read_text()
+    assert in_memory == metrics
+    assert [r["error"] for r in read_records(one / RECORDS)][:2] == ["sample: unreadable image"] * 2
 
 
 def test_error_records_say_what_was_asked():

@@ -215,7 +215,7 @@ def test_a_run_killed_under_4_processes_resumes_under_1_or_2(
     spec, out = spec_for(samples), tmp_path / "run"
     committed = killed_run(out, samples, spec, 4, finished, torn_rank=torn_rank)
     model, said = BatchSensitive(), []
-    if resume_world == 1:  # the plain single-process runner hands over to run_rank
+    if resume_world == 1:  # the single-process run: the engine's one-rank case
         metrics = run_eval(model, samples, spec, out, progress=False, log=said.append)
     else:
         metrics = run_threads(model, samples, spec, out, resume_world, log=said.append)

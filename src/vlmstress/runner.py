@@ -8,11 +8,16 @@ that batch whole, with the same prompts batched together, and so writes the same
 uninterrupted run would (batch composition changes padding, and padding changes the floats).
 A lock file keeps a second live process from interleaving records into the same directory, and a
 rerun whose model, model options, data, seed, template, token budget, judges, answer extractor or
-system prompt differ from the log's is refused. The same engine also runs over an in-memory log
-(`run_in_memory`) for the Python API. The log discipline itself (append, commit, lock, read) is
-runlog.py. Several processes share one run through `run_rank` below, which shard.py launches under
-torchrun / accelerate (docs/scaling.md). Each record is a schema.Record carrying the prompt it
-answered. See docs/reliability.md.
+system prompt differ from the log's is refused. The log discipline itself (append, commit, lock,
+read) is runlog.py.
+
+One engine runs every evaluation: `run_rank`, rank `rank` of a `world`-process run. A sharded run
+(shard.py launches it under torchrun / accelerate, docs/scaling.md) has each rank write a shard
+that rank 0 merges into records.jsonl; `run_eval`, the single-process run, is its one-rank case,
+which appends to records.jsonl itself (its log is the merged log; it writes a shard only to finish
+the shards a sharded run left). The same engine also runs over an in-memory log (`run_in_memory`)
+for the Python API. Each record is a schema.Record carrying the prompt it answered. See
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -372,7 +377,8 @@ def run_eval(
     log: Callable[[str], None] | None = None,
     extractor: Extractor | None = None,
 ) -> dict:
-    """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics.
+    """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics. The
+    run is the engine's one-rank case (`run_rank` with world 1), under the run lock.
 
     `locked` says the caller already holds `run_lock(out)` (the command line takes it before the
     slow model load, so a second process is refused at once). A resume keeps every record, failed
@@ -383,37 +389,20 @@ def run_eval(
     out = Path(out)
     with nullcontext() if locked else run_lock(out):
         check_same_run(out, spec)
-        if shard_files(out):  # left by a sharded run: resume it here, then merge its shards
-            return run_rank(
-                model,
-                samples,
-                spec,
-                out,
-                judges=judges,
-                progress=progress,
-                on_batch=on_batch,
-                retry_failed=retry_failed,
-                extractor=extractor,
-                log=log,
-            )
-        remove_stale_temps(out)
-        path = out / RECORDS
-        records = read_records(path, repair=True)
-        if retry_failed:
-            records = drop_failed(path, records)
-        done = {(r["sample_id"], r["variant"]) for r in records}
-        if log is not None and done:
-            log(resumed_line(samples, spec.variants, done))
-        todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done, spec.system)
-        write_atomic(out / "config.json", config_text(spec, samples))
-        with Log(path) as records_log:
-
-            def emit(records: list[Record]) -> None:
-                records_log.append([r.to_json() for r in records])
-
-            emit(errors)
-            _generate_all(model, todo, spec, judges, emit, progress, on_batch, extractor)
-        return finish_run(samples, spec, out)
+        metrics = run_rank(
+            model,
+            samples,
+            spec,
+            out,
+            judges=judges,
+            progress=progress,
+            on_batch=on_batch,
+            retry_failed=retry_failed,
+            extractor=extractor,
+            log=log,
+        )
+    assert metrics is not None  # rank 0 of 1
+    return metrics
 
 
 def resumed_line(samples: Sequence[Sample], variants: Sequence[str], done: Iterable[tuple[str, str]]) -> str:
@@ -665,17 +654,21 @@ def done_keys(out: Path) -> set[Key]:
     return done
 
 
-def prepare(out: Path, *, retry_failed: bool = False) -> None:
+def prepare(out: Path, *, retry_failed: bool = False) -> set[Key]:
     """Rank 0, holding the run lock (which saw no live shard writer), before any rank reads: remove
     temp-file debris and cut records.jsonl and every shard back to their last commit (so all ranks
-    read whole batches); with `retry_failed`, take the failed model calls out of them all."""
+    read whole batches); with `retry_failed`, take the failed model calls out of them all. Returns
+    what is done then (done_keys), read on the way."""
     remove_stale_temps(out)
     for stale in (out / SHARDS).glob(".*.tmp[0-9]*") if (out / SHARDS).is_dir() else ():
         stale.unlink(missing_ok=True)
+    done: set[Key] = set()
     for path in (out / RECORDS, *shard_files(out)):
         records = read_records(path, repair=True)
         if retry_failed:
-            drop_failed(path, records)
+            records = drop_failed(path, records)
+        done.update(record_key(r) for r in records)
+    return done
 
 
 def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
@@ -738,35 +731,46 @@ def run_rank(
     extractor: Extractor | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict | None:
-    """Rank `rank` of a `world`-process run; `sync` is a barrier over all ranks. Rank 0 must hold
-    `run_lock(out)` (and have checked the run's identity); it returns the metrics, the others None.
-    `retry_failed`: as run_eval's (rank 0 acts on it for all); `extractor`: as run_eval's; `log`:
-    where rank 0 says how much of the run was already done (the others say nothing)."""
+    """Rank `rank` of a `world`-process run: the one engine of every run on files (run_eval is its
+    one-rank case); `sync` is a barrier over all ranks. Rank 0 must hold `run_lock(out)` (and have
+    checked the run's identity); it returns the metrics, the others None. `retry_failed`: as
+    run_eval's (rank 0 acts on it for all); `extractor`: as run_eval's; `log`: where rank 0 says how
+    much of the run was already done (the others say nothing).
+
+    Every rank appends to a log of its own, a shard, which rank 0 merges into records.jsonl in the
+    order one process would have written. One process alone with no shards to finish appends to
+    records.jsonl itself: the log it writes is then the merged log, with no shard to copy."""
     out = Path(out)
+    done: set[Key] | None = None
     if rank == 0:
-        prepare(out, retry_failed=retry_failed)
+        done = prepare(out, retry_failed=retry_failed)
         write_atomic(out / "config.json", config_text(spec, samples))
     sync()  # the logs are whole batches now
-    with rank_lock(out, rank, world):
-        done = done_keys(out)
+    direct = world == 1 and not shard_files(out)
+    with nullcontext() if direct else rank_lock(out, rank, world):  # run_lock covers one process
+        if done is None:
+            done = done_keys(out)
         if rank == 0 and log is not None and done:
             log(resumed_line(samples, spec.variants, done))
         sync()  # every rank has read what is done before any rank writes more
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done, spec.system)
-        chunks = batches(todo, spec.batch_size)
-        # Whole batches of the one-process plan, flattened: _generate_all cuts them back the same way
-        # (every batch but the plan's last is full, and the last can only be a rank's last).
-        mine = todo.subset(array("q", (c for j in assign(len(chunks), rank, world) for c in chunks[j].items)))
-        with Log(shard_path(out, rank, world)) as rank_log:
+        if world > 1:
+            # Whole batches of the one-process plan, flattened: _generate_all cuts them back the
+            # same way (every batch but the plan's last is full, and the last can only be a rank's last).
+            chunks = batches(todo, spec.batch_size)
+            mine = assign(len(chunks), rank, world)
+            todo = todo.subset(array("q", (c for j in mine for c in chunks[j].items)))
+        with Log(out / RECORDS if direct else shard_path(out, rank, world)) as rank_log:
 
             def emit(records: list[Record]) -> None:
                 rank_log.append([r.to_json() for r in records])
 
             if rank == 0:
                 emit(errors)
-            _generate_all(model, mine, spec, judges, emit, progress, on_batch, extractor)
+            _generate_all(model, todo, spec, judges, emit, progress, on_batch, extractor)
         sync()  # every shard is complete
     if rank != 0:
         return None
-    merge_shards(out, samples, spec)
+    if not direct:
+        merge_shards(out, samples, spec)
     return finish_run(samples, spec, out)
