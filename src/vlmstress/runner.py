@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,8 +260,7 @@ def judge_batch(
 class Todo(Sequence):
     """The prompts still to run, in plan order, as (Sample, Prompt) pairs made when they are read:
     the plan itself holds one integer a prompt, so a run never holds more Prompts than the batch
-    in hand (`_generate_all` reads one batch at a time). A slice is a Todo too; `keys()` gives the
-    (sample_id, variant) pairs without building a prompt."""
+    in hand (`_generate_all` reads one batch at a time). A slice is a Todo too."""
 
     def __init__(
         self,
@@ -297,12 +296,6 @@ class Todo(Sequence):
         for i, code in enumerate(self.items):
             first.setdefault(code // len(self.samples), i)
         return any(self[i][1].prefill for i in first.values())
-
-    def keys(self) -> Iterator[Key]:
-        n = len(self.samples)
-        for code in self.items:
-            v, s = divmod(code, n)
-            yield self.samples[s].sample_id, self.variants[v]
 
 
 def plan(
