@@ -11,9 +11,9 @@ from vlmstress.metrics import (
     compute_metrics,
     letter_entropy,
     p_correct,
-    summary_markdown,
     variant_metrics,
 )
+from vlmstress.report.summary import summary_markdown
 
 FIELDS = [
     "n", "accuracy", "accuracy_ci", "unparsed_rate", "lenient_rate", "extract_rate", "errors", "quadrants",

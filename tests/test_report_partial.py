@@ -9,9 +9,9 @@ from pathlib import Path
 
 from vlmstress.data import synth
 from vlmstress.judge.rule import RuleJudge
-from vlmstress.metrics import summary_markdown
 from vlmstress.models.replay import ReplayModel
 from vlmstress.report import build_report
+from vlmstress.report.summary import summary_markdown
 from vlmstress.runlog import read_records
 from vlmstress.runner import RunSpec, run_eval
 

@@ -190,16 +190,16 @@ def killed_run(out, samples, spec, world, finished, torn_rank=None):
         path.parent.mkdir(exist_ok=True)
         with Log(path) as log:
             if rank == 0:
-                log.append(errors)
+                log.append([r.to_json() for r in errors])
                 committed |= {(r["sample_id"], r["variant"]) for r in errors}
             for chunk in mine[: finished[rank]]:
                 gens = model.generate([p for _, p in chunk], max_new_tokens=8)
-                log.append([make_record(s, p, g, []) for (s, p), g in zip(chunk, gens)])
+                log.append([make_record(s, p, g, []).to_json() for (s, p), g in zip(chunk, gens)])
                 committed |= {(s.sample_id, p.variant) for s, p in chunk}
         if rank == torn_rank:
             chunk = mine[finished[rank]]
             gens = model.generate([p for _, p in chunk], max_new_tokens=8)
-            lines = [json.dumps(make_record(s, p, g, [])) + "\n" for (s, p), g in zip(chunk, gens)]
+            lines = [json.dumps(make_record(s, p, g, []).to_json()) + "\n" for (s, p), g in zip(chunk, gens)]
             with path.open("a") as f:
                 f.write(lines[0] + lines[1][:30])
     return committed
@@ -215,7 +215,7 @@ def test_a_run_killed_under_4_processes_resumes_under_1_or_2(
     spec, out = spec_for(samples), tmp_path / "run"
     committed = killed_run(out, samples, spec, 4, finished, torn_rank=torn_rank)
     model, said = BatchSensitive(), []
-    if resume_world == 1:  # the plain single-process runner hands over to run_rank
+    if resume_world == 1:  # the single-process run: the engine's one-rank case
         metrics = run_eval(model, samples, spec, out, progress=False, log=said.append)
     else:
         metrics = run_threads(model, samples, spec, out, resume_world, log=said.append)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlmstress.data.schema import Sample
+from vlmstress.data.schema import Record, Sample
 from vlmstress.errors import UsageError
 from vlmstress.extract import Extractor
 from vlmstress.judge.base import Judge
@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """`records`: one dict per (sample, variant), as records.jsonl holds them; `metrics`: the
-    metrics.json object; `path`: the run directory, None for a run held in memory."""
+    """`records`: one Record per (sample, variant), as records.jsonl holds them (a Record reads as
+    its JSON dict too: `record["answer"]`, `pd.DataFrame(records)`); `metrics`: the metrics.json
+    object; `path`: the run directory, None for a run held in memory."""
 
-    records: list[dict]
+    records: list[Record]
     metrics: dict
     path: Path | None
 

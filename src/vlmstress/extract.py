@@ -12,12 +12,12 @@ judge's (judge/llm.py): one `generate` call a batch, so the backend's concurrenc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Protocol
 
+from vlmstress.data.schema import Extraction, Prompt
 from vlmstress.judge.llm import ask, lettered, named_option, reply_objects, text_prompt
 from vlmstress.models.base import VLM, Generation
-from vlmstress.perturb import Prompt
 
 EXTRACT_PROMPT = """You read a model's response to a multiple-choice question and report which option \
 it gives as its final answer.
@@ -52,19 +52,6 @@ class ExtractItem:
     question: str
     options: tuple[str, ...]
     response: str
-
-
-@dataclass(frozen=True)
-class Extraction:
-    """`answer` is the option letter the extractor read, None for "none" or a failure; `error` says
-    why it failed (null when it did not); `by` names the extractor."""
-
-    answer: str | None
-    by: str
-    error: str | None = None
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 class Extractor(Protocol):

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from vlmstress.data.schema import ImageRef, Sample, all_images, letters
+from vlmstress.data.schema import Prompt, Sample, letters  # Prompt: importable from here, as before
 from vlmstress.errors import UsageError
 
 STOP_THINK = "<think>Okay let's see. This should be the final answer.</think>"
@@ -42,34 +42,6 @@ TEMPLATES: dict[str, Template] = {
         Template("mme-realworld", "The best answer is:", option_format="({letter}) {text}"),
     )
 }
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """What is asked: the user turn, the image(s), and the assistant prefill the model continues.
-
-    As in Sample, `image` is the first image and `extra_images` the rest (a multi-image sample).
-    """
-
-    sample_id: str
-    variant: str
-    user: str
-    image: ImageRef
-    options: tuple[str, ...]
-    target: str | None
-    misleading: str | None = None
-    prefill: str = ""
-    system: str | None = None
-    extra_images: tuple[ImageRef, ...] = ()
-
-    @property
-    def images(self) -> tuple[ImageRef, ...]:
-        """Every image, in the order the user turn shows them."""
-        return all_images(self.image, self.extra_images)
-
-    @property
-    def option_letters(self) -> list[str]:
-        return letters(len(self.options))
 
 
 def render_user(

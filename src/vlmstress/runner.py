@@ -8,10 +8,16 @@ that batch whole, with the same prompts batched together, and so writes the same
 uninterrupted run would (batch composition changes padding, and padding changes the floats).
 A lock file keeps a second live process from interleaving records into the same directory, and a
 rerun whose model, model options, data, seed, template, token budget, judges, answer extractor or
-system prompt differ from the log's is refused. The same engine also runs over an in-memory log
-(`run_in_memory`) for the Python API. The log discipline itself (append, commit, lock, read) is
-runlog.py. Several processes share one run through `run_rank` below, which shard.py launches under
-torchrun / accelerate (docs/scaling.md). See docs/reliability.md.
+system prompt differ from the log's is refused. The log discipline itself (append, commit, lock,
+read) is runlog.py.
+
+One engine runs every evaluation: `run_rank`, rank `rank` of a `world`-process run. A sharded run
+(shard.py launches it under torchrun / accelerate, docs/scaling.md) has each rank write a shard
+that rank 0 merges into records.jsonl; `run_eval`, the single-process run, is its one-rank case,
+which appends to records.jsonl itself (its log is the merged log; it writes a shard only to finish
+the shards a sharded run left). The same engine also runs over an in-memory log (`run_in_memory`)
+for the Python API. Each record is a schema.Record carrying the prompt it answered. See
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -20,27 +26,21 @@ import json
 import logging
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmstress.data.schema import Sample
+from vlmstress.data.schema import Record, RenderedPrompt, Sample
 from vlmstress.errors import UsageError
 from vlmstress.extract import Extraction, ExtractItem, Extractor
 from vlmstress.judge.base import Judge, JudgeItem, Verdict
-from vlmstress.metrics import (
-    RecordSummary,
-    compute_metrics,
-    letter_entropy,
-    p_correct,
-    summarize,
-    summary_markdown,
-)
+from vlmstress.metrics import RecordSummary, compute_metrics, letter_entropy, p_correct, summarize
 from vlmstress.models.base import VLM, Generation
 from vlmstress.parse import Parsed, after_think, grade_open, parse, think_source
 from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb, with_system
+from vlmstress.report.summary import summary_markdown
 from vlmstress.runlog import (
     RECORDS,
     SHARDS,
@@ -115,31 +115,34 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def error_record(sample: Sample, variant: str, error: str, prompt: Prompt | None = None) -> dict:
-    return {
-        "sample_id": sample.sample_id,
-        "variant": variant,
-        "target": sample.target,
-        "misleading": prompt.misleading if prompt else None,
-        "response": None,
-        "prefill": prompt.prefill if prompt else None,
-        "think": None,
-        "answer": None,
-        "parsed": False,
-        "correct": False,
-        "letter_probs": None,
-        "entropy": None,
-        "p_correct": None,
-        "score_source": None,
-        "judge": None,
-        "error": error,
-        "family": sample.family,
-        "difficulty": sample_difficulty(sample),
-        "n_tokens": 0,
-        "prefill_mode": None,
-        "think_source": None,
-        "parse_mode": None,
-    }
+def error_record(sample: Sample, variant: str, error: str, prompt: Prompt | None = None) -> Record:
+    """The record of what got no answer: a broken sample or a variant that does not apply (nothing
+    asked, no prompt), or a failed model call (the prompt it asked)."""
+    return Record(
+        sample_id=sample.sample_id,
+        variant=variant,
+        target=sample.target,
+        misleading=prompt.misleading if prompt else None,
+        response=None,
+        prefill=prompt.prefill if prompt else None,
+        think=None,
+        answer=None,
+        parsed=False,
+        correct=False,
+        letter_probs=None,
+        entropy=None,
+        p_correct=None,
+        score_source=None,
+        judge=None,
+        error=error,
+        family=sample.family,
+        difficulty=sample_difficulty(sample),
+        n_tokens=0,
+        prefill_mode=None,
+        think_source=None,
+        parse_mode=None,
+        prompt=RenderedPrompt.of(prompt) if prompt else None,
+    )
 
 
 def make_record(
@@ -148,7 +151,7 @@ def make_record(
     gen: Generation,
     verdicts: list[Verdict],
     extraction: Extraction | None = None,
-) -> dict:
+) -> Record:
     if gen.error:
         return error_record(sample, prompt.variant, gen.error, prompt)
     parsed = parse(prompt.prefill + gen.text, prompt.options)
@@ -159,39 +162,36 @@ def make_record(
         correct = answer is not None and answer == prompt.target
     probs = gen.letter_probs
     meta = {k: v for k, v in gen.meta.items() if not (k == "prefill_mode" and not prompt.prefill)}
-    record = {
-        "sample_id": sample.sample_id,
-        "variant": prompt.variant,
-        "target": prompt.target,
-        "misleading": prompt.misleading,
-        "response": gen.text,
-        "prefill": prompt.prefill,
-        "think": parsed.think,
-        "answer": answer,
-        "parsed": parse_mode is not None,
-        "correct": bool(correct),
-        "letter_probs": probs,
-        "entropy": letter_entropy(probs) if probs else None,
-        "p_correct": p_correct(probs, prompt.target) if probs and prompt.target else None,
-        "score_source": gen.score_source if probs else None,
-        "judge": verdicts[0].to_json() if verdicts else None,
-        "error": None,
-        "family": sample.family,
-        "difficulty": sample_difficulty(sample),
-        "n_tokens": gen.n_tokens,
+    return Record(
+        sample_id=sample.sample_id,
+        variant=prompt.variant,
+        target=prompt.target,
+        misleading=prompt.misleading,
+        response=gen.text,
+        prefill=prompt.prefill,
+        think=parsed.think,
+        answer=answer,
+        parsed=parse_mode is not None,
+        correct=bool(correct),
+        letter_probs=probs,
+        entropy=letter_entropy(probs) if probs else None,
+        p_correct=p_correct(probs, prompt.target) if probs and prompt.target else None,
+        score_source=gen.score_source if probs else None,
+        judge=verdicts[0] if verdicts else None,
+        error=None,
+        family=sample.family,
+        difficulty=sample_difficulty(sample),
+        n_tokens=gen.n_tokens,
         # Where the prefill went (in-process backends always continue the model's own turn; a
         # server may have put it in the user turn) and where the think was read from.
-        "prefill_mode": meta.pop("prefill_mode", "assistant") if prompt.prefill else None,
-        "think_source": meta.pop("think_source", None) or think_source(gen.text, prompt.prefill),
-        "parse_mode": parse_mode,  # strict, lenient, extract, or null: unparsed
-    }
-    if extraction is not None:  # the extractor was asked: what it read, or why it could not
-        record["extraction"] = extraction.to_json()
-    if len(verdicts) > 1:
-        record["judges"] = [v.to_json() for v in verdicts]
-    if meta:  # anything else a backend says about how it answered
-        record["meta"] = meta
-    return record
+        prefill_mode=meta.pop("prefill_mode", "assistant") if prompt.prefill else None,
+        think_source=meta.pop("think_source", None) or think_source(gen.text, prompt.prefill),
+        parse_mode=parse_mode,  # strict, lenient, extract, or null: unparsed
+        extraction=extraction,  # the extractor was asked: what it read, or why it could not
+        judges=tuple(verdicts) if len(verdicts) > 1 else None,
+        meta=meta or None,  # anything else a backend says about how it answered
+        prompt=RenderedPrompt.of(prompt),
+    )
 
 
 def read_answer(parsed: Parsed, extraction: Extraction | None) -> tuple[str | None, str | None]:
@@ -260,8 +260,7 @@ def judge_batch(
 class Todo(Sequence):
     """The prompts still to run, in plan order, as (Sample, Prompt) pairs made when they are read:
     the plan itself holds one integer a prompt, so a run never holds more Prompts than the batch
-    in hand (`_generate_all` reads one batch at a time). A slice is a Todo too; `keys()` gives the
-    (sample_id, variant) pairs without building a prompt."""
+    in hand (`_generate_all` reads one batch at a time). A slice is a Todo too."""
 
     def __init__(
         self,
@@ -298,12 +297,6 @@ class Todo(Sequence):
             first.setdefault(code // len(self.samples), i)
         return any(self[i][1].prefill for i in first.values())
 
-    def keys(self) -> Iterator[Key]:
-        n = len(self.samples)
-        for code in self.items:
-            v, s = divmod(code, n)
-            yield self.samples[s].sample_id, self.variants[v]
-
 
 def plan(
     samples: Sequence[Sample],
@@ -312,7 +305,7 @@ def plan(
     template: str,
     done: set[tuple[str, str]],
     system: str | None = None,
-) -> tuple[Todo, list[dict]]:
+) -> tuple[Todo, list[Record]]:
     """The prompts still to run (a Todo, in the order: variant by variant, samples in order; each
     prompt with the `system` turn), and the error records of what cannot run at all. Each prompt is
     built here once to learn whether its variant applies, then dropped; the Todo builds it again
@@ -336,11 +329,17 @@ def plan(
     return Todo(samples, list(variants), seed, template, items, system), errors
 
 
-def failed_call(record: dict) -> bool:
+def failed_call(record: Mapping) -> bool:
     """Whether a record is the error of a model call (a timeout, a refused request, an unreadable
     image), which another attempt may get past; not one of a broken sample or an inapplicable variant."""
+    return record.get("error") is not None and not planned_error(record)
+
+
+def planned_error(record: Mapping) -> bool:
+    """Whether a record is one `plan` made: of a broken sample or an inapplicable variant, written
+    before any prompt runs."""
     error = record.get("error")
-    return error is not None and not error.startswith((SAMPLE_ERROR, NOT_APPLICABLE))
+    return error is not None and error.startswith((SAMPLE_ERROR, NOT_APPLICABLE))
 
 
 def drop_failed(path: Path, records: list[dict]) -> list[dict]:
@@ -371,7 +370,8 @@ def run_eval(
     log: Callable[[str], None] | None = None,
     extractor: Extractor | None = None,
 ) -> dict:
-    """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics.
+    """Evaluate `model` on `samples` under `spec.variants`; resumable; returns the metrics. The
+    run is the engine's one-rank case (`run_rank` with world 1), under the run lock.
 
     `locked` says the caller already holds `run_lock(out)` (the command line takes it before the
     slow model load, so a second process is refused at once). A resume keeps every record, failed
@@ -382,33 +382,20 @@ def run_eval(
     out = Path(out)
     with nullcontext() if locked else run_lock(out):
         check_same_run(out, spec)
-        if shard_files(out):  # left by a sharded run: resume it here, then merge its shards
-            return run_rank(
-                model,
-                samples,
-                spec,
-                out,
-                judges=judges,
-                progress=progress,
-                on_batch=on_batch,
-                retry_failed=retry_failed,
-                extractor=extractor,
-                log=log,
-            )
-        remove_stale_temps(out)
-        path = out / RECORDS
-        records = read_records(path, repair=True)
-        if retry_failed:
-            records = drop_failed(path, records)
-        done = {(r["sample_id"], r["variant"]) for r in records}
-        if log is not None and done:
-            log(resumed_line(samples, spec.variants, done))
-        todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done, spec.system)
-        write_atomic(out / "config.json", config_text(spec, samples))
-        with Log(path) as log:
-            log.append(errors)
-            _generate_all(model, todo, spec, judges, log, progress, on_batch, extractor)
-        return finish_run(samples, spec, out)
+        metrics = run_rank(
+            model,
+            samples,
+            spec,
+            out,
+            judges=judges,
+            progress=progress,
+            on_batch=on_batch,
+            retry_failed=retry_failed,
+            extractor=extractor,
+            log=log,
+        )
+    assert metrics is not None  # rank 0 of 1
+    return metrics
 
 
 def resumed_line(samples: Sequence[Sample], variants: Sequence[str], done: Iterable[tuple[str, str]]) -> str:
@@ -426,10 +413,10 @@ def finish_run(samples: Sequence[Sample], spec: RunSpec, out: Path) -> dict:
     return metrics
 
 
-def run_records(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[dict]:
+def run_records(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[Record]:
     """The records of this command in the log of `out`, in log order: records a wider earlier run
     left there (more variants, a higher limit) stay in the log but describe another command."""
-    return list(_this_command(samples, spec, out))
+    return [Record.from_json(r) for r in _this_command(samples, spec, out)]
 
 
 def run_summaries(samples: Sequence[Sample], spec: RunSpec, out: Path) -> list[RecordSummary]:
@@ -467,13 +454,11 @@ def run_in_memory(
     judges: Sequence[Judge] = (),
     progress: bool = False,
     extractor: Extractor | None = None,
-) -> tuple[list[dict], dict]:
+) -> tuple[list[Record], dict]:
     """run_eval's engine over a log held in memory: the records and metrics, and no file written."""
-    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, set(), spec.system)
-    log = _MemoryLog()
-    log.append(errors)
-    _generate_all(model, todo, spec, judges, log, progress, None, extractor)
-    return log.records, run_metrics(samples, spec, log.records)
+    todo, records = plan(samples, spec.variants, spec.seed, spec.template, set(), spec.system)
+    _generate_all(model, todo, spec, judges, records.extend, progress, None, extractor)
+    return records, run_metrics(samples, spec, records)
 
 
 def check_same_run(out: Path, spec: RunSpec) -> None:
@@ -510,19 +495,17 @@ def preflight(model: VLM, todo: Todo) -> None:
             logging.getLogger("vlmstress").warning(line)
 
 
-class _MemoryLog:
-    """What _generate_all needs of a log, kept in a list: nothing to commit, nothing to resume."""
-
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def append(self, records: list[dict]) -> None:
-        self.records.extend(records)
-
-
 def _generate_all(
-    model, todo, spec, judges, log: Log | _MemoryLog, progress, on_batch, extractor: Extractor | None = None
+    model,
+    todo,
+    spec,
+    judges,
+    emit: Callable[[list[Record]], None],
+    progress,
+    on_batch,
+    extractor: Extractor | None = None,
 ) -> None:
+    """Run `todo` a batch at a time; `emit` takes each batch's records (appends them to a log)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     preflight(model, todo)
@@ -540,7 +523,7 @@ def _generate_all(
             # Extraction first: an answer only the extractor read is the one the judges judge.
             found = extract_batch(extractor, prompts, gens, questions)
             verdicts = judge_batch(judges, prompts, gens, questions, found)
-            log.append([make_record(*row) for row in zip(samples, prompts, gens, verdicts, found)])
+            emit([make_record(*row) for row in zip(samples, prompts, gens, verdicts, found)])
             bar.advance(task, len(chunk))
             if on_batch:
                 on_batch(len(chunk), model_seconds)
@@ -630,7 +613,7 @@ def assign(n_batches: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n_batches, world))
 
 
-def record_key(record: dict) -> Key:
+def record_key(record: Mapping) -> Key:
     return record["sample_id"], record["variant"]
 
 
@@ -664,17 +647,21 @@ def done_keys(out: Path) -> set[Key]:
     return done
 
 
-def prepare(out: Path, *, retry_failed: bool = False) -> None:
+def prepare(out: Path, *, retry_failed: bool = False) -> set[Key]:
     """Rank 0, holding the run lock (which saw no live shard writer), before any rank reads: remove
     temp-file debris and cut records.jsonl and every shard back to their last commit (so all ranks
-    read whole batches); with `retry_failed`, take the failed model calls out of them all."""
+    read whole batches); with `retry_failed`, take the failed model calls out of them all. Returns
+    what is done then (done_keys), read on the way."""
     remove_stale_temps(out)
     for stale in (out / SHARDS).glob(".*.tmp[0-9]*") if (out / SHARDS).is_dir() else ():
         stale.unlink(missing_ok=True)
+    done: set[Key] = set()
     for path in (out / RECORDS, *shard_files(out)):
         records = read_records(path, repair=True)
         if retry_failed:
-            drop_failed(path, records)
+            records = drop_failed(path, records)
+        done.update(record_key(r) for r in records)
+    return done
 
 
 def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
@@ -686,11 +673,9 @@ def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
     """
     path = out / RECORDS
     existing = {record_key(r) for r in read_records(path)}
-    # The order one process resuming this log would write in: its errors first, then its prompts.
-    todo, errors = plan(samples, spec.variants, spec.seed, spec.template, existing, spec.system)
-    order = [record_key(r) for r in errors] + list(todo.keys())
     files = shard_files(out)
-    new = merge_records(existing, (read_records(f) for f in files), order)
+    shards = [read_records(f) for f in files]
+    new = merge_records(existing, shards, one_process_order(samples, spec.variants, shards))
     with Log(path) as log:
         log.append(new)
     folder = out / SHARDS
@@ -703,6 +688,24 @@ def merge_shards(out: Path, samples: Sequence[Sample], spec: RunSpec) -> int:
         folder.rmdir()
     fsync_dir(out)
     return len(new)
+
+
+def one_process_order(
+    samples: Sequence[Sample], variants: Sequence[str], shards: Sequence[Sequence[Mapping]]
+) -> list[Key]:
+    """The keys of the shards' records in the order one process resuming the log would write them:
+    first the records `plan` made (planned_error: written before any prompt runs), then the others,
+    each variant by variant, samples in order. Read from the records: no prompt is built again.
+    Keys outside this command (a wider earlier run's) are left out (merge_records puts them last)."""
+    sample_at = {s.sample_id: i for i, s in enumerate(samples)}
+    variant_at = {v: i for i, v in enumerate(variants)}
+    planned: dict[Key, bool] = {}
+    for records in shards:
+        for r in records:
+            key = record_key(r)
+            if key[0] in sample_at and key[1] in variant_at:
+                planned.setdefault(key, planned_error(r))  # the first copy, as merge_records keeps
+    return sorted(planned, key=lambda k: (not planned[k], variant_at[k[1]], sample_at[k[0]]))
 
 
 def run_rank(
@@ -721,31 +724,46 @@ def run_rank(
     extractor: Extractor | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict | None:
-    """Rank `rank` of a `world`-process run; `sync` is a barrier over all ranks. Rank 0 must hold
-    `run_lock(out)` (and have checked the run's identity); it returns the metrics, the others None.
-    `retry_failed`: as run_eval's (rank 0 acts on it for all); `extractor`: as run_eval's; `log`:
-    where rank 0 says how much of the run was already done (the others say nothing)."""
+    """Rank `rank` of a `world`-process run: the one engine of every run on files (run_eval is its
+    one-rank case); `sync` is a barrier over all ranks. Rank 0 must hold `run_lock(out)` (and have
+    checked the run's identity); it returns the metrics, the others None. `retry_failed`: as
+    run_eval's (rank 0 acts on it for all); `extractor`: as run_eval's; `log`: where rank 0 says how
+    much of the run was already done (the others say nothing).
+
+    Every rank appends to a log of its own, a shard, which rank 0 merges into records.jsonl in the
+    order one process would have written. One process alone with no shards to finish appends to
+    records.jsonl itself: the log it writes is then the merged log, with no shard to copy."""
     out = Path(out)
+    done: set[Key] | None = None
     if rank == 0:
-        prepare(out, retry_failed=retry_failed)
+        done = prepare(out, retry_failed=retry_failed)
         write_atomic(out / "config.json", config_text(spec, samples))
     sync()  # the logs are whole batches now
-    with rank_lock(out, rank, world):
-        done = done_keys(out)
+    direct = world == 1 and not shard_files(out)
+    with nullcontext() if direct else rank_lock(out, rank, world):  # run_lock covers one process
+        if done is None:
+            done = done_keys(out)
         if rank == 0 and log is not None and done:
             log(resumed_line(samples, spec.variants, done))
         sync()  # every rank has read what is done before any rank writes more
         todo, errors = plan(samples, spec.variants, spec.seed, spec.template, done, spec.system)
-        chunks = batches(todo, spec.batch_size)
-        # Whole batches of the one-process plan, flattened: _generate_all cuts them back the same way
-        # (every batch but the plan's last is full, and the last can only be a rank's last).
-        mine = todo.subset(array("q", (c for j in assign(len(chunks), rank, world) for c in chunks[j].items)))
-        with Log(shard_path(out, rank, world)) as log:
+        if world > 1:
+            # Whole batches of the one-process plan, flattened: _generate_all cuts them back the
+            # same way (every batch but the plan's last is full, and the last can only be a rank's last).
+            chunks = batches(todo, spec.batch_size)
+            mine = assign(len(chunks), rank, world)
+            todo = todo.subset(array("q", (c for j in mine for c in chunks[j].items)))
+        with Log(out / RECORDS if direct else shard_path(out, rank, world)) as rank_log:
+
+            def emit(records: list[Record]) -> None:
+                rank_log.append([r.to_json() for r in records])
+
             if rank == 0:
-                log.append(errors)
-            _generate_all(model, mine, spec, judges, log, progress, on_batch, extractor)
+                emit(errors)
+            _generate_all(model, todo, spec, judges, emit, progress, on_batch, extractor)
         sync()  # every shard is complete
     if rank != 0:
         return None
-    merge_shards(out, samples, spec)
+    if not direct:
+        merge_shards(out, samples, spec)
     return finish_run(samples, spec, out)

@@ -22,8 +22,9 @@ lock is held (a rank orphaned by its launcher that still writes). On start rank 
 then every rank reads records.jsonl and every shard (of any process count) to learn what is done; at
 the end rank 0 waits for the others, appends the shards' records to records.jsonl in the order one
 process would have written them (each (sample, variant) once), deletes the shards and computes the
-metrics exactly as runner.run_eval does. A single-process rerun that finds shards takes this path
-with one rank (runner.run_eval hands over), so a run killed under 4 processes resumes under 1 or 2.
+metrics. The engine is runner.run_rank, whose one-rank case is the single-process run
+(runner.run_eval): one process with shards to finish writes a shard of its own and merges, so a run
+killed under 4 processes resumes under 1 or 2.
 """
 
 from __future__ import annotations

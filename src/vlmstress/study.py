@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmstress.errors import UsageError
-from vlmstress.metrics import USER_MODE_MARK
+from vlmstress.report.summary import USER_MODE_MARK
 
 if TYPE_CHECKING:
     from vlmstress.findings import Finding

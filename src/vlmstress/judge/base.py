@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-VerdictName = Literal["consistent", "inconsistent", "unknown", "error"]
+# A verdict is part of a record: its type lives with the record's (data/schema.py).
+from vlmstress.data.schema import Verdict, VerdictName
+
+__all__ = ["Judge", "JudgeItem", "Verdict", "VerdictName"]
 
 
 @dataclass(frozen=True)
@@ -17,19 +20,6 @@ class JudgeItem:
     options: tuple[str, ...]
     think: str | None
     answer: str | None  # the parsed answer letter, or None when unparsed
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """`supports` is the option letter the think argues for (None when it argues for none or the
-    judge cannot tell); `by` names the judge. A judge that fails says `error`, never `consistent`."""
-
-    verdict: VerdictName
-    supports: str | None
-    by: str
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 class Judge(Protocol):

@@ -15,10 +15,9 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from vlmstress.data.schema import letters
+from vlmstress.data.schema import Prompt, letters
 from vlmstress.judge.base import JudgeItem, Verdict
 from vlmstress.models.base import VLM, Generation
-from vlmstress.perturb import Prompt
 
 JUDGE_PROMPT = """You check whether a model's final answer follows from its own reasoning.
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from vlmstress.perturb import Prompt
+from vlmstress.data.schema import Prompt
 
 ScoreSource = Literal["generation", "forced"]
 

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
+from vlmstress.data.schema import Prompt
 from vlmstress.models.base import Generation, chat_messages
 from vlmstress.parse import think_source
-from vlmstress.perturb import Prompt
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from vlmstress.data.schema import Prompt
 from vlmstress.errors import UsageError
 from vlmstress.models.base import Generation
-from vlmstress.perturb import Prompt
 
 MISSING = "no saved response"
 _LINE = 1 << 32  # a row's index entry: its byte offset * _LINE + its line number

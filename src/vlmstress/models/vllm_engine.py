@@ -22,10 +22,10 @@ from typing import Any
 
 import vllm
 
+from vlmstress.data.schema import Prompt
 from vlmstress.models.base import Generation, chat_messages
 from vlmstress.models.hf import ANSWER_TAG, forced_answer_prefix
 from vlmstress.models.openai_api import letter_probs_from_logprobs
-from vlmstress.perturb import Prompt
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,13 @@
 """The sample browser: per sample, what was asked and what each run answered under each variant.
 
-Records do not carry the question, options or image, so they are recovered where that is cheap and
-local: synthetic samples are redrawn from their id (`synth-{split}-{seed}-{index}`), and a run on a
-local data file reads it back. Nothing is fetched from the network; a sample that cannot be found
-still shows its answers. All model text goes to the page as text (the template escapes it).
+What each record was asked is its own `prompt` (the system and user turns, the options as
+presented): the browser shows that. Records written before records carried their prompt have
+theirs rebuilt from the sample, the run's seed and template (perturbations are pure functions), and
+the page says so. Records do not carry the sample's question, options or image, so those are
+recovered where that is cheap and local: synthetic samples are redrawn from their id
+(`synth-{split}-{seed}-{index}`), and a run on a local data file reads it back. Nothing is fetched
+from the network; a sample that cannot be found still shows its answers and the user turn its
+records asked. All model text goes to the page as text (the template escapes it).
 """
 
 from __future__ import annotations
@@ -11,15 +15,15 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from vlmstress.data.schema import ImageRef, Sample, letters
+from vlmstress.data.schema import ImageRef, RenderedPrompt, Sample, letters
 from vlmstress.metrics import quadrant as metrics_quadrant
-from vlmstress.perturb import TEMPLATES, Prompt, perturb
+from vlmstress.perturb import TEMPLATES, perturb, with_system
 from vlmstress.report.runs import Run
 
 MAX_SAMPLES = 200
@@ -52,7 +56,11 @@ class Attempt:
     run: int
     run_label: str
     variant: str
-    prompt_extra: list[str]  # what the variant added to the user turn (a caption, an option)
+    # What the variant added to the user turn (a caption, an option, a user variant's hint); the
+    # whole user turn where there is no base turn to compare it with (prompt_whole).
+    prompt_extra: list[str]
+    prompt_whole: bool
+    prompt_rebuilt: bool  # the prompt was rebuilt from the sample: the record predates `prompt`
     prefill: str
     response: str
     cut: int  # characters of the response left out
@@ -78,6 +86,8 @@ class SampleView:
     target: str | None
     family: str | None
     attempts: list[Attempt]
+    # Where the sample is not found (no question): the user turn its first recorded prompt asked.
+    asked: str | None = None
 
 
 def quadrant(record: dict) -> str:
@@ -155,40 +165,67 @@ def _cut(text: str | None) -> tuple[str, int]:
     return text[:MAX_TEXT], max(0, len(text) - MAX_TEXT)
 
 
-def asked(run: Run, sample: Sample, variant: str) -> Prompt | None:
-    """The prompt the run built for this sample and variant (perturbations are pure functions of
-    the sample, the variant, the run's seed and template), or None where it cannot be rebuilt."""
+def rebuilt_prompt(run: Run, sample: Sample, variant: str) -> RenderedPrompt | None:
+    """The prompt the run built for this sample and variant, built again (perturbations are pure
+    functions of the sample, the variant, the run's seed, template and system prompt), or None
+    where it cannot be: for records that predate records carrying their prompt."""
     try:
         template = TEMPLATES[run.config.get("template") or "vlmstress"]
-        return perturb(sample, variant, int(run.config.get("seed") or 0), template)
+        prompt = perturb(sample, variant, int(run.config.get("seed") or 0), template)
+        return RenderedPrompt.of(with_system(prompt, run.config.get("system")))
     except Exception:  # a variant or template this install does not know, or one that does not apply
         return None
 
 
-def prompt_additions(run: Run, sample: Sample | None, variant: str) -> list[str]:
-    """Lines of the user turn that base does not have: the caption, an extra option."""
-    if sample is None or variant == "base":
-        return []
-    prompt, base = asked(run, sample, variant), asked(run, sample, "base")
-    if prompt is None or base is None:
+def recorded_prompt(record: Mapping) -> RenderedPrompt | None:
+    """The prompt a record carries (None: nothing was asked, or the record predates `prompt`)."""
+    data = record.get("prompt")
+    try:
+        return RenderedPrompt.from_json(data) if isinstance(data, Mapping) else None
+    except (KeyError, TypeError, ValueError):  # a hand-edited log: show no prompt rather than fail
+        return None
+
+
+def prompt_of(run: Run, record: Mapping, sample: Sample | None) -> tuple[RenderedPrompt | None, bool]:
+    """(the prompt the record answered, whether it was rebuilt): the record's own; for a record
+    that predates `prompt`, rebuilt from the sample where it is known."""
+    if "prompt" in record:
+        return recorded_prompt(record), False
+    if sample is None:
+        return None, False
+    rebuilt = rebuilt_prompt(run, sample, record["variant"])
+    return rebuilt, rebuilt is not None
+
+
+def prompt_additions(prompt: RenderedPrompt | None, base: RenderedPrompt | None, variant: str) -> list[str]:
+    """Lines of the user turn that base does not have: the caption, an extra option, a hint."""
+    if prompt is None or base is None or variant == "base":
         return []
     plain = set(base.user.splitlines())
     return [line for line in prompt.user.splitlines() if line not in plain]
 
 
-def attempt(run: Run, record: dict, sample: Sample | None) -> Attempt:
+def attempt(run: Run, record: dict, sample: Sample | None, base: RenderedPrompt | None = None) -> Attempt:
+    """The record as the browser shows it; `base`: the base prompt of its sample in its run (None
+    where there is none), against which the record's user turn is shown as what it adds."""
     probs = record.get("letter_probs") or {}
     response, cut = _cut(record.get("response"))
     answer = record.get("answer")
-    prompt = asked(run, sample, record["variant"]) if sample is not None else None
+    prompt, rebuilt = prompt_of(run, record, sample)
     options = prompt.options if prompt is not None else (sample.options if sample is not None else ())
     answer_text = options[letters(len(options)).index(answer)] if answer in letters(len(options)) else None
+    whole = prompt is not None and base is None and record["variant"] != "base"
+    extra = (
+        prompt.user.splitlines() if whole and prompt else prompt_additions(prompt, base, record["variant"])
+    )
     judge = record.get("judge") or {}
     return Attempt(
         run=run.index,
         run_label=run.label,
         variant=record["variant"],
-        prompt_extra=prompt_additions(run, sample, record["variant"]),
+        prompt_extra=extra,
+        prompt_whole=whole,
+        prompt_rebuilt=rebuilt,
         prefill=_cut(record.get("prefill"))[0],
         response=response,
         cut=cut,
@@ -206,6 +243,34 @@ def attempt(run: Run, record: dict, sample: Sample | None) -> Attempt:
         ],
         error=record.get("error"),
     )
+
+
+def base_prompt(run: Run, found: Sequence[tuple[Run, dict]], sample: Sample | None) -> RenderedPrompt | None:
+    """The base prompt of a sample in `run`: its base record's (recorded, or rebuilt for an older
+    record), else rebuilt from the sample; None where neither is there."""
+    for r, record in found:
+        if r is run and record["variant"] == "base":
+            prompt, _ = prompt_of(run, record, sample)
+            if prompt is not None:
+                return prompt
+    return rebuilt_prompt(run, sample, "base") if sample is not None else None
+
+
+def system_prompts(runs: Sequence[Run]) -> list[tuple[str, str]]:
+    """(run label, system prompt) for each system prompt the runs' records say they were asked with
+    (one a run, in practice: `--system` is part of a run's identity)."""
+    out: dict[tuple[str, str], None] = {}
+    for run in runs:
+        for record in run.records:
+            prompt = recorded_prompt(record)
+            if prompt is not None and prompt.system:
+                out[(run.label, prompt.system)] = None
+    return list(out)
+
+
+def rebuilt_runs(runs: Sequence[Run]) -> list[str]:
+    """The labels of runs with records that predate `prompt` (the browser rebuilds their prompts)."""
+    return [run.label for run in runs if any("prompt" not in r for r in run.records)]
 
 
 def shown_ids(answers: dict[str, int], limit: int, max_attempts: int) -> list[str]:
@@ -246,18 +311,24 @@ def sample_views(
             sample = None  # an id that merely looks like ours: better no question than a wrong one
         target = sample.target if sample else next((r.get("target") for _, r in found), None)
         images, more_images = thumbnails(sample)
+        runs_of = {run.index: run for run, _ in found}
+        bases = {i: base_prompt(run, found, sample) for i, run in runs_of.items()}
+        # A sample not found still has what its records asked: the base turn's options, and the
+        # user turn (the question in the run's template) in place of the question.
+        base = next((b for b in bases.values() if b is not None), None)
+        first = base or next((p for _, r in found if (p := recorded_prompt(r)) is not None), None)
+        options = sample.options if sample else (base.options if base else ())
         views.append(
             SampleView(
                 sample_id=sid,
                 images=images,
                 more_images=more_images,
                 question=sample.question if sample else None,
-                options=list(zip(letters(len(sample.options)), sample.options, strict=True))
-                if sample
-                else [],
+                options=list(zip(letters(len(options)), options, strict=True)),
                 target=target,
                 family=sample.family if sample else next((r.get("family") for _, r in found), None),
-                attempts=[attempt(run, r, sample) for run, r in found],
+                attempts=[attempt(run, r, sample, bases[run.index]) for run, r in found],
+                asked=None if sample or first is None else first.user,
             )
         )
     return views, len(ids)

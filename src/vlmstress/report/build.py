@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from vlmstress import __version__
 from vlmstress.errors import UsageError
 from vlmstress.report import plots
-from vlmstress.report.browser import sample_views
+from vlmstress.report.browser import rebuilt_runs, sample_views, system_prompts
 from vlmstress.report.export import latex_document, markdown_document
 from vlmstress.report.html import render_html
 from vlmstress.report.palette import (
@@ -189,6 +189,8 @@ def report_context(
         "has_dynamics": any(r.dynamics for r in runs),
         "samples": samples,
         "n_samples_total": total,
+        "system_prompts": system_prompts(evaluated),
+        "rebuilt_runs": rebuilt_runs(evaluated),
         "quadrant_choices": [(q, QUADRANT_LABELS[q]) for q in QUADRANTS] + [("error", "error record")],
         "quadrant_colours": QUADRANT_COLOURS,
         "quadrant_labels": QUADRANT_LABELS,

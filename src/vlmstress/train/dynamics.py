@@ -39,8 +39,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vlmstress.data.schema import Sample
-from vlmstress.perturb import TEMPLATES, NotApplicable, perturb, with_system
+from vlmstress.data.schema import Record, Sample
 from vlmstress.train import sharding
 
 DYNAMICS_FILE = "dynamics.jsonl"
@@ -234,7 +233,8 @@ class DynamicsCallback(TrainerCallback):
         }
 
     def _reward(self, records: list[dict]) -> float | None:
-        """Mean training reward of the evaluation completions (the prompts rebuilt as in training)."""
+        """Mean training reward of the evaluation completions, each scored against the prompt its
+        record carries (as training's prompt column writes it: prompt_messages)."""
         if not records or not self.reward_funcs:
             return None
         from vlmstress.train.augment import prompt_messages
@@ -244,10 +244,8 @@ class DynamicsCallback(TrainerCallback):
         prompts, completions, targets, options, questions = [], [], [], [], []
         for r in records:
             sample = by_id[r["sample_id"]]
-            try:
-                p = perturb(sample, r["variant"], self.data_seed, TEMPLATES[self.template])
-                p = with_system(p, self.system)
-            except NotApplicable:
+            p = Record.from_json(r).asked()
+            if p is None:  # nothing was asked (the records here are answers: never so)
                 continue
             prompts.append(prompt_messages(p))
             completions.append(r["response"] or "")
