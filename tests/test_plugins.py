@@ -115,3 +115,18 @@ def test_user_reward_reaches_trl_through_the_registry(tmp_path, registries):
     short = "<think>The red cube is left.</think><answer>A</answer>"
     rambling = "<think>" + "hmm " * 200 + "</think><answer>A</answer>"
     assert funcs[1]([[], []], [short, rambling]) == [1.0, 0.0]
+
+
+def test_user_metric_from_examples_is_in_metrics_json_from_the_command_line(tmp_path, capsys, registries):
+    out = tmp_path / "run"
+    args = ["eval", "--model", "tiny", "--data", "synth:6", "--variants", "base,wrong_think"]
+    assert main([*args, "--out", str(out), "--include", str(EXAMPLES / "my_metric.py")]) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for variant in ("base", "wrong_think"):
+        rs = [r for r in records if r["variant"] == variant and r["answer"] is not None]
+        expected = sum(not r["correct"] and r["letter_probs"][r["answer"]] >= 0.9 for r in rs) / len(rs)
+        assert metrics["variants"][variant]["user_metrics"] == {"confidently_wrong": expected}
+    # the tiny model follows a wrong think, and is sure of it: the metric is not trivially 0
+    assert metrics["variants"]["wrong_think"]["user_metrics"]["confidently_wrong"] > 0
+    assert "| variant | confidently_wrong |" in (out / "summary.md").read_text()

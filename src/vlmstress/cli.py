@@ -49,7 +49,7 @@ def _price(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vlmstress", description="Stress-test the reasoning of vision-language models.")
-    # Every subcommand takes --include: user variants and rewards register themselves as they import.
+    # Every subcommand takes --include: user code registers what it adds (register_*) as it imports.
     user_code = _Parser(add_help=False)
     user_code.add_argument(
         "--include",
