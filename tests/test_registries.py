@@ -377,6 +377,17 @@ def test_user_augmentation_and_source_from_python(tmp_path, registries):
         DataSource(source="file", data_dir=str(data), split="val")
 
 
+def test_a_grpo_config_checks_its_judges_and_dynamics_variants_when_validated(registries):
+    with pytest.raises(UsageError, match=r"config: judge: .*unknown judge 'letter' \(known: rule\)"):
+        validated(GRPORunConfig, {"judge": "letter"})
+    with pytest.raises(UsageError, match=r"config: dynamics.variants: .*unknown variant 'peer_pressure'"):
+        validated(GRPORunConfig, {"dynamics": {"variants": ["base", "peer_pressure"]}})
+    plugins.load_file(PLUGINS / "letter_judge.py")
+    cfg = validated(GRPORunConfig, {"judge": "letter", "dynamics": {"judges": ["rule", "letter"]}})
+    assert cfg.judge == "letter" and cfg.dynamics.judges == ["rule", "letter"]
+    assert load_judge(cfg.judge).name == "letter"  # what the faithful reward terms are gated by
+
+
 def test_user_augmentation_and_source_train_from_the_command_line(tmp_path, tiny_ckpt, capsys, registries):
     """A one-step GRPO run whose prompts come from the user source `file`, a third of them (as
     drawn) through the user augmentation kind `shuffled_options`."""

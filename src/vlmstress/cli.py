@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_eval(args) -> int:
     from vlmstress.api import prepare_eval
+    from vlmstress.models.registry import JUDGES, check_judge_spec
 
     # Everything the user can get wrong is checked before the run directory is created or locked.
     run = prepare_eval(
@@ -238,8 +239,6 @@ def cmd_eval(args) -> int:
         from vlmstress.usage import check_can_create, check_model
 
         check_model(args.model, _model_options(args.model_opt))
-        from vlmstress.models.registry import JUDGES, check_judge_spec
-
         for judge in args.judge:
             if check_judge_spec(judge) not in JUDGES:  # an LLM judge: its model's checks
                 check_model(judge, {})
@@ -252,7 +251,7 @@ def cmd_eval(args) -> int:
 
         if rank_from_env() != 0:  # under a launcher the plan is printed once, by rank 0
             return 0
-        llm_judges = sum(j != "rule" for j in args.judge)
+        llm_judges = sum(check_judge_spec(j) not in JUDGES for j in args.judge)  # a model SPEC: LLM calls
         image_tokens, source = args.image_tokens, "--image-tokens"
         if image_tokens is None:
             image_tokens, why = image_tokens_from_processor(args.model, samples)

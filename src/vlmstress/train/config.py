@@ -165,6 +165,21 @@ class DynamicsSettings(Strict):
     max_new_tokens: int = Field(default=96, gt=0)
     at_start: bool = True  # also evaluate the initial policy (step 0)
 
+    @field_validator("variants")
+    @classmethod
+    def _registered_variants(cls, names: list[str]) -> list[str]:
+        from vlmstress.perturb import VARIANTS
+
+        VARIANTS.require(names)  # a UsageError (a ValueError): unknown variant 'x' (known: ...)
+        return names
+
+    @field_validator("judges")
+    @classmethod
+    def _judge_specs(cls, specs: list[str]) -> list[str]:
+        for spec in specs:
+            _check_judge(spec)
+        return specs
+
 
 # Qwen2.5-VL's language-model projections (attention and MLP): the usual LoRA targets of its LLM.
 QWEN_LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -215,7 +230,7 @@ class GRPORunConfig(Strict):
         default_factory=lambda: [RewardTerm(fn="format", weight=0.1), RewardTerm(fn="accuracy", weight=1.0)],
         min_length=1,
     )
-    judge: str = "rule"  # the judge of faithful reward terms: rule or a model SPEC
+    judge: str = "rule"  # the judge of faithful reward terms: a judge SPEC (rule, a user's, a model SPEC)
     # Probability that a training prompt becomes each augmentation kind (train/augment.py; the rest
     # stay base): the shipped perturbations and any a user registered. A kind left out takes its
     # default rate (the shipped ones 0.1); the rates sum to at most 1.
@@ -274,6 +289,12 @@ class GRPORunConfig(Strict):
     vllm_group_port: int = Field(default=51216, ge=1, le=65535)  # the weight-update group's port
 
     trl: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_spec(cls, spec: str) -> str:
+        _check_judge(spec)
+        return spec
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -352,3 +373,9 @@ def _default_rates() -> dict[str, float]:
     from vlmstress.train.augment import default_rates
 
     return default_rates()
+
+
+def _check_judge(spec: str) -> None:
+    from vlmstress.models.registry import check_judge_spec
+
+    check_judge_spec(spec)  # a UsageError (a ValueError) naming what is wrong, before anything loads
