@@ -23,3 +23,26 @@ def tiny_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     tiny.save(model, processor, out)
     return out
+
+
+@pytest.fixture
+def registries(monkeypatch):
+    """Every registry (variants, templates, backends, judges, metrics, rewards, augmentation kinds,
+    training sources), the files --include imported and the plugins loaded, put back as they were
+    after the test: what a test registers does not leak into the next one."""
+    import sys
+
+    from vlmstress import plugins
+    from vlmstress.registry import Registry
+
+    for registry in Registry.instances:
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+        monkeypatch.setattr(registry, "_origins", dict(registry._origins))
+    monkeypatch.setattr(plugins, "_LOADED", dict(plugins._LOADED))
+    monkeypatch.setattr(plugins, "_PLUGINS", dict(plugins._PLUGINS))
+    monkeypatch.setattr(plugins, "_SCANNED", plugins._SCANNED)
+    modules = set(sys.modules)
+    yield
+    for name in set(sys.modules) - modules:
+        if name.startswith("vlmstress_include_"):
+            del sys.modules[name]

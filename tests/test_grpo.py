@@ -224,7 +224,7 @@ def test_think_prefills_are_continued_by_trl(policy_dir, tmp_path, monkeypatch):
         return rewards.format_reward(prompts, completions, **columns)
 
     recording_format_reward.__name__ = "format_reward"
-    monkeypatch.setitem(rewards.REWARDS, "format", recording_format_reward)
+    monkeypatch.setitem(rewards.REWARDS._entries, "format", recording_format_reward)
     only_think = {"correct_think": 1.0, "wrong_think": 0.0, "correct_caption": 0.0, "wrong_caption": 0.0}
     cfg = config(
         policy_dir,

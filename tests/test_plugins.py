@@ -2,7 +2,6 @@
 and GRPO rewards named by a registry (register_reward) or as module:function."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,26 +10,9 @@ import yaml
 from vlmstress import plugins
 from vlmstress.cli import main
 from vlmstress.perturb import VARIANTS, perturb
-from vlmstress.train import rewards
 from vlmstress.train.config import GRPORunConfig, load_config
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-@pytest.fixture
-def registries():
-    """Leave the variant and reward registries, and the included files, as they were found."""
-    saved = dict(VARIANTS), dict(rewards.REWARDS), dict(plugins._LOADED), set(sys.modules)
-    yield
-    VARIANTS.clear()
-    VARIANTS.update(saved[0])
-    rewards.REWARDS.clear()
-    rewards.REWARDS.update(saved[1])
-    plugins._LOADED.clear()
-    plugins._LOADED.update(saved[2])
-    for name in set(sys.modules) - saved[3]:
-        if name.startswith("vlmstress_include_"):
-            del sys.modules[name]
 
 
 def test_user_variant_from_examples_runs_from_the_command_line(tmp_path, capsys, registries):
@@ -40,7 +22,7 @@ def test_user_variant_from_examples_runs_from_the_command_line(tmp_path, capsys,
     # Without the file the name is unknown: one line, exit 2, nothing created.
     assert main([*args, "--out", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
-    assert "unknown variant(s) peer_pressure" in err
+    assert "unknown variant 'peer_pressure' (known: base, " in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
     assert main([*args, "--out", str(out), "--include", str(EXAMPLES / "my_variant.py")]) == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
@@ -133,3 +115,18 @@ def test_user_reward_reaches_trl_through_the_registry(tmp_path, registries):
     short = "<think>The red cube is left.</think><answer>A</answer>"
     rambling = "<think>" + "hmm " * 200 + "</think><answer>A</answer>"
     assert funcs[1]([[], []], [short, rambling]) == [1.0, 0.0]
+
+
+def test_user_metric_from_examples_is_in_metrics_json_from_the_command_line(tmp_path, capsys, registries):
+    out = tmp_path / "run"
+    args = ["eval", "--model", "tiny", "--data", "synth:6", "--variants", "base,wrong_think"]
+    assert main([*args, "--out", str(out), "--include", str(EXAMPLES / "my_metric.py")]) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for variant in ("base", "wrong_think"):
+        rs = [r for r in records if r["variant"] == variant and r["answer"] is not None]
+        expected = sum(not r["correct"] and r["letter_probs"][r["answer"]] >= 0.9 for r in rs) / len(rs)
+        assert metrics["variants"][variant]["user_metrics"] == {"confidently_wrong": expected}
+    # the tiny model follows a wrong think, and is sure of it: the metric is not trivially 0
+    assert metrics["variants"]["wrong_think"]["user_metrics"]["confidently_wrong"] > 0
+    assert "| variant | confidently_wrong |" in (out / "summary.md").read_text()

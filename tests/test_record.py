@@ -131,16 +131,9 @@ def hint_variant(name: str):
     return hint
 
 
-def test_records_carry_their_prompt_and_the_browser_shows_it(tiny, tmp_path):
+def test_records_carry_their_prompt_and_the_browser_shows_it(tiny, tmp_path, registries):
     name = "hint_for_the_browser"
     register_variant(name)(hint_variant(name))
-    try:
-        _browse_recorded_prompts(name, tiny, tmp_path)
-    finally:
-        VARIANTS.pop(name, None)
-
-
-def _browse_recorded_prompts(name, tiny, tmp_path):
     system = "You answer visual questions carefully."
     out = tmp_path / "run"
     result = vlmstress.evaluate(tiny, synth.generate(3), variants=["base", name], system=system, out=out)
@@ -153,7 +146,7 @@ def _browse_recorded_prompts(name, tiny, tmp_path):
 
     # The report is built where the variant is not registered (another process, no --include): the
     # prompt cannot be rebuilt, and the browser shows the one the records carry.
-    del VARIANTS[name]
+    del VARIANTS._entries[name]  # a registry has no public removal; `registries` restores it
     views, _ = sample_views(load_runs([out]), ["base", name])
     shown = {(v.sample_id, a.variant): a for v in views for a in v.attempts}
     for r in hinted:

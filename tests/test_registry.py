@@ -22,14 +22,21 @@ def fake_backends(monkeypatch):
     """Stand-ins for the torch backends, so SPEC dispatch is tested without loading any model."""
     calls: list[tuple] = []
 
+    class Loaded:  # what a loader returns: a VLM by its protocol (load_model refuses anything else)
+        def __init__(self, name):
+            self.name = name
+
+        def generate(self, prompts, *, max_new_tokens):
+            raise AssertionError("never called")
+
     tiny = types.ModuleType("vlmstress.models.tiny")
-    tiny.load_tiny = lambda path=None, **options: calls.append(("tiny", path, options)) or "TINY"
+    tiny.load_tiny = lambda path=None, **options: calls.append(("tiny", path, options)) or Loaded("TINY")
 
     class HFModel:
         @classmethod
         def from_pretrained(cls, path_or_id, **options):
             calls.append(("hf", path_or_id, options))
-            return "HF"
+            return Loaded("HF")
 
     hf = types.ModuleType("vlmstress.models.hf")
     hf.HFModel = HFModel
@@ -37,6 +44,10 @@ def fake_backends(monkeypatch):
     class VLLMModel:
         def __init__(self, path_or_id, **options):
             calls.append(("vllm", path_or_id, options))
+            self.name = "VLLM"
+
+        def generate(self, prompts, *, max_new_tokens):
+            raise AssertionError("never called")
 
     vllm = types.ModuleType("vlmstress.models.vllm_engine")
     vllm.VLLMModel = VLLMModel
@@ -47,9 +58,9 @@ def fake_backends(monkeypatch):
 
 
 def test_torch_backed_specs_reach_their_loaders(fake_backends):
-    assert load_model("tiny") == "TINY"
+    assert load_model("tiny").name == "TINY"
     load_model("tiny:/ckpt/step-100", device="cpu")
-    assert load_model("hf:Qwen/Qwen2.5-VL-7B-Instruct", dtype="bfloat16") == "HF"
+    assert load_model("hf:Qwen/Qwen2.5-VL-7B-Instruct", dtype="bfloat16").name == "HF"
     load_model("vllm:/models/spacer")
     assert fake_backends[:4] == [
         ("tiny", None, {}),
@@ -135,14 +146,11 @@ def test_secrets_in_a_spec_are_not_repeated():
     assert parse_spec(spec) == ("openai", "gpt-4o@https://alice:hunter22@api.example.org/v1?key=s3cret")
 
 
-def test_rule_judge(monkeypatch):
-    class RuleJudge:
-        name = "rule"
+def test_rule_judge():
+    from vlmstress.judge.rule import RuleJudge
 
-    rule = types.ModuleType("vlmstress.judge.rule")
-    rule.RuleJudge = RuleJudge
-    monkeypatch.setitem(sys.modules, "vlmstress.judge.rule", rule)
-    assert isinstance(load_judge("rule"), RuleJudge)
+    judge = load_judge("rule")
+    assert isinstance(judge, RuleJudge) and judge.name == "rule"
 
 
 def test_model_spec_judge_is_named_without_secrets():
@@ -151,7 +159,15 @@ def test_model_spec_judge_is_named_without_secrets():
     assert judge.name == "openai:judge-32b@http://127.0.0.1:8000/v1"
 
 
-@pytest.mark.parametrize("spec", ["rules", "", "openai:judge"])
-def test_malformed_judge_specs(spec):
-    with pytest.raises(UsageError, match="rule or a model SPEC"):
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("rules", r"unknown judge 'rules' \(known: rule\), nor a model SPEC \(tiny, tiny:DIR, hf:"),
+        ("", r"unknown judge '' \(known: rule\)"),
+        ("openai:judge", r"openai needs MODEL@BASE_URL"),
+        ("rule:strict", r"rule takes no target"),
+    ],
+)
+def test_malformed_judge_specs(spec, why):
+    with pytest.raises(UsageError, match=rf"^bad judge SPEC '{spec}': {why}"):
         load_judge(spec)

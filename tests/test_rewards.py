@@ -159,11 +159,8 @@ def test_weighted_total_and_verl_adapter():
 
 
 @pytest.fixture
-def registry():
-    saved = dict(REWARDS)
-    yield REWARDS
-    REWARDS.clear()
-    REWARDS.update(saved)
+def registry(registries):
+    return REWARDS
 
 
 def test_register_reward_refuses_a_taken_or_unnameable_name(registry):
@@ -171,8 +168,10 @@ def test_register_reward_refuses_a_taken_or_unnameable_name(registry):
     for name in ("format", "accuracy"):
         with pytest.raises(ValueError, match="already registered"):
             register_reward(name)
-    for name in ("mod:fn", "two words", ""):
-        with pytest.raises(ValueError, match="cannot be named"):
+    with pytest.raises(ValueError, match="cannot hold ':'"):
+        register_reward("mod:fn")
+    for name in ("two words", ""):
+        with pytest.raises(ValueError, match="non-empty string without spaces"):
             register_reward(name)
     assert registry == before
 

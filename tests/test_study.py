@@ -236,7 +236,7 @@ def test_an_unfinished_arm_is_trained_on_rerun(done, config_file, monkeypatch, n
     calls = []
 
     def train(cfg, seed, run, sft_weights, log):
-        calls.append((seed, run, cfg.max_steps, cfg.augment.wrong_think, cfg.rewards[0].faithful))
+        calls.append((seed, run, cfg.max_steps, cfg.augment["wrong_think"], cfg.rewards[0].faithful))
         marker.write_text(text)
 
     monkeypatch.setattr(study, "_train", train)
@@ -279,8 +279,8 @@ def test_arm_config_switches_only_augmentation_and_reward_gating(config_file):
     configs = {arm.name: study.arm_config(base, arm) for arm in ARMS}
     for arm in ARMS:
         cfg = configs[arm.name]
-        rates = cfg.augment.model_dump()
-        assert (rates == base.augment.model_dump()) if arm.augment else not any(rates.values())
+        rates = cfg.augment
+        assert (rates == base.augment) if arm.augment else not any(rates.values())
         assert all(t.faithful == arm.faithful for t in cfg.rewards)
         assert [(t.fn, t.weight) for t in cfg.rewards] == [(t.fn, t.weight) for t in base.rewards]
         same = cfg.model_dump(exclude={"augment", "rewards"}) == base.model_dump(
@@ -297,7 +297,7 @@ def test_augment_arms_of_a_config_without_augmentation_take_ten_percent_each(con
     path.write_text(yaml.safe_dump(raw))
     base = study.base_config(settings(Path("unused"), path))
     for arm in ARMS:
-        rates = study.arm_config(base, arm).augment.model_dump()
+        rates = study.arm_config(base, arm).augment
         assert rates == (dict.fromkeys(rates, 0.1) if arm.augment else dict.fromkeys(rates, 0.0))
 
 

@@ -208,7 +208,9 @@ def test_synth_families_pick_question_families():
     assert [s.family for s in load_source("synth", n=5)] == list(synth.FAMILIES)
     with pytest.raises(UsageError, match="synth families"):
         load_source("synth", n=2, families=["geometry"])
-    with pytest.raises(ValueError, match="synth source only"):
+    with pytest.raises(
+        ValueError, match="training source .sat.: got an unexpected keyword argument .families."
+    ):
         DataSource(source="sat", families=["count"])
     with pytest.raises(ValueError, match="unknown synth families"):
         DataSource(source="synth", families=["count", "geometry"])

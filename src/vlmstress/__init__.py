@@ -1,12 +1,26 @@
 """vlmstress: stress-test the reasoning of vision-language models and train them to stay honest.
 
-The Python API (docs/api.md): `evaluate`, `EvalResult`, `train_grpo`, `report`, and
-`register_variant` / `register_reward` for user perturbations and GRPO rewards.
+The Python API (docs/api.md): `evaluate`, `EvalResult`, `train_grpo`, `report`, and the `register_*`
+functions through which user code adds what runs name: perturbations (`register_variant`), prompt
+templates, model backends, judges, metrics, GRPO rewards, augmentation kinds and training sources.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["EvalResult", "evaluate", "register_reward", "register_variant", "report", "train_grpo"]
+__all__ = [
+    "EvalResult",
+    "evaluate",
+    "register_augmentation",
+    "register_backend",
+    "register_judge",
+    "register_metric",
+    "register_reward",
+    "register_source",
+    "register_template",
+    "register_variant",
+    "report",
+    "train_grpo",
+]
 
 # Where each exported name lives. They are imported on first use (PEP 562), so that importing any
 # vlmstress module, or starting the command line, does not load the whole evaluation stack.
@@ -16,7 +30,13 @@ _EXPORTS = {
     "train_grpo": "vlmstress.api",
     "report": "vlmstress.api",
     "register_variant": "vlmstress.perturb",
+    "register_template": "vlmstress.perturb",
+    "register_backend": "vlmstress.models.registry",
+    "register_judge": "vlmstress.models.registry",
+    "register_metric": "vlmstress.metrics",
     "register_reward": "vlmstress.train.rewards",
+    "register_augmentation": "vlmstress.train.augment",
+    "register_source": "vlmstress.train.data",
 }
 
 

@@ -136,7 +136,9 @@ def prepare_eval(
     from vlmstress.models.registry import check_judge_spec, parse_spec, redact_options, redact_spec
     from vlmstress.models.system_prompts import resolve_system
     from vlmstress.perturb import TEMPLATES, resolve_variants
+    from vlmstress.plugins import load_entry_points
 
+    load_entry_points()  # installed plugins may register what the arguments name
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("limit", limit)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise UsageError(f"{name} must be a positive whole number, got {value!r}")
@@ -171,8 +173,7 @@ def prepare_eval(
         variant_names = resolve_variants(",".join(variants))
     else:
         raise TypeError(f"variants must be 'all', a comma list or a list of names, got {variants!r}")
-    if template not in TEMPLATES:
-        raise UsageError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
+    TEMPLATES.lookup(template)
     if isinstance(data, str):
         samples, data_name = load_data(data, data_dir=data_dir, limit=limit, seed=seed)
     else:
@@ -306,9 +307,11 @@ def train_grpo(
     `overrides` replace top-level fields (`max_steps=2`, `learning_rate=5e-5`) and are validated
     with them. Resumes from the newest complete checkpoint in `out` (default: the config's `out`).
     Bad fields raise `vlmstress.errors.UsageError` before anything is created."""
+    from vlmstress.plugins import load_entry_points
     from vlmstress.train.config import GRPORunConfig, load_config, validated
     from vlmstress.train.grpo import train_grpo as run
 
+    load_entry_points()  # before the config is validated: it may name what plugins register
     if isinstance(config, GRPORunConfig):
         cfg = validated(GRPORunConfig, {**config.model_dump(), **overrides}) if overrides else config
     elif isinstance(config, Mapping):

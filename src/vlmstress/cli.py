@@ -49,19 +49,20 @@ def _price(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vlmstress", description="Stress-test the reasoning of vision-language models.")
-    # Every subcommand takes --include: user variants and rewards register themselves as they import.
+    # Every subcommand takes --include: user code registers what it adds (register_*) as it imports.
     user_code = _Parser(add_help=False)
     user_code.add_argument(
         "--include",
         action="append",
         default=[],
         metavar="FILE.py",
-        help="import this Python file first (repeatable): it may register variants and rewards",
+        help="import this Python file first (repeatable): it may register variants, templates, backends, "
+        "judges, metrics, rewards, augmentation kinds and training sources",
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     from vlmstress import study
-    from vlmstress.perturb import VARIANTS
+    from vlmstress.perturb import TEMPLATES, VARIANTS
 
     d = sub.add_parser(
         "demo",
@@ -108,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", parents=[user_code], help="evaluate a model under the perturbation suite")
     e.add_argument(
-        "--model", required=True, help="tiny | tiny:DIR | hf:ID | vllm:ID | openai:MODEL@URL | replay:FILE"
+        "--model",
+        required=True,
+        help="tiny | tiny:DIR | hf:ID | vllm:ID | openai:MODEL@URL | replay:FILE (or a registered backend)",
     )
     e.add_argument("--data", required=True, help="synth[:N] | a benchmark name | a local file")
     e.add_argument(
@@ -117,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"all, or a comma list of: {', '.join(VARIANTS)} (and any --include registers)",
     )
     e.add_argument(
-        "--judge", nargs="+", default=["rule"], help="consistency judges: rule and/or model SPECs (rule)"
+        "--judge",
+        nargs="+",
+        default=["rule"],
+        help="consistency judges: rule (or another registered judge) and/or model SPECs (rule)",
     )
     e.add_argument(
         "--extract",
@@ -137,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="completion budget in tokens; raise it for reasoning models (96)",
     )
     e.add_argument(
-        "--template", default="vlmstress", help="prompt template: vlmstress, mmbench, mme-realworld"
+        "--template", default="vlmstress", help=f"prompt template: {', '.join(TEMPLATES)} (or a user's)"
     )
     e.add_argument(
         "--system",
@@ -217,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_eval(args) -> int:
     from vlmstress.api import prepare_eval
+    from vlmstress.models.registry import JUDGES, check_judge_spec
 
     # Everything the user can get wrong is checked before the run directory is created or locked.
     run = prepare_eval(
@@ -241,7 +248,7 @@ def cmd_eval(args) -> int:
 
         check_model(args.model, _model_options(args.model_opt))
         for judge in args.judge:
-            if judge.strip() != "rule":
+            if check_judge_spec(judge) not in JUDGES:  # an LLM judge: its model's checks
                 check_model(judge, {})
         if args.extract is not None:
             check_model(args.extract, {})
@@ -252,7 +259,7 @@ def cmd_eval(args) -> int:
 
         if rank_from_env() != 0:  # under a launcher the plan is printed once, by rank 0
             return 0
-        llm_judges = sum(j != "rule" for j in args.judge)
+        llm_judges = sum(check_judge_spec(j) not in JUDGES for j in args.judge)  # a model SPEC: LLM calls
         image_tokens, source = args.image_tokens, "--image-tokens"
         if image_tokens is None:
             image_tokens, why = image_tokens_from_processor(args.model, samples)
@@ -432,9 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     _warnings_to_stderr()
     try:
         args = build_parser().parse_args(argv)
-        from vlmstress.plugins import include
+        from vlmstress.plugins import include, load_entry_points
 
-        include(args.include)  # before the command: it may name what the files register
+        load_entry_points()  # installed plugins (the vlmstress.plugins group), then --include files
+        include(args.include)  # before the command: it may name what they register
         return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"vlmstress: error: {e}", file=sys.stderr)

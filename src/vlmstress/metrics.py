@@ -8,7 +8,8 @@ enter only the `errors` count, and a metric that cannot be computed is None (JSO
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from scipy.stats import entropy as _scipy_entropy
 from sklearn.metrics import roc_auc_score
 
 from vlmstress.judge.agreement import fleiss_kappa, verdict_counts
+from vlmstress.registry import Registry
 
 # A record as the metrics read it: a records.jsonl dict, a data.schema.Record or a RecordSummary.
 Record = Mapping[str, Any]
@@ -380,6 +382,59 @@ def variant_metrics(
     }
 
 
+# ---------------------------------------------------------------- user metrics
+
+MetricFn = Callable[[Sequence[Record]], Any]
+# Users' metrics (register_metric): each is computed on every variant of every run made while it is
+# registered, into metrics.json's `variants.V.user_metrics.NAME`.
+METRICS: Registry[MetricFn] = Registry("metric")
+
+
+def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
+    """A decorator: `fn(records) -> number | None` over one variant's records without an error
+    (mappings holding RecordSummary.FIELDS: sample_id, variant, target, misleading, answer, correct,
+    parsed, letter_probs, judge, ...), written to `variants.V.user_metrics.NAME` of every run. None
+    means "cannot be computed" (null). A name already taken is a ValueError."""
+    return METRICS.register(name)
+
+
+def user_metrics(variant: str, records: Sequence[Record], warnings: list[str]) -> dict[str, Any]:
+    """Every registered metric on one variant's records without an error. A metric that raises, or
+    returns anything but a finite number or None, is null, with a line in `warnings` saying why: one
+    user's bug must not cost the run its metrics.json."""
+    # As summaries on every path (a run in memory holds whole records), so a metric reads the same
+    # fields whether the run was logged to a folder or not.
+    ok = [r if isinstance(r, RecordSummary) else summarize(r) for r in records if not _is_error(r)]
+    out: dict[str, Any] = {}
+    for name, fn in METRICS.items():
+        try:
+            value = fn(ok)
+        except Exception as exc:  # the user's code, any bug at all
+            why = f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            value = None
+        else:
+            why = _not_a_number(value)
+        if why:
+            warnings.append(f"metric {name} on {variant} {why}; it is null")
+            value = None
+        if isinstance(value, numbers.Integral):
+            value = int(value)  # numpy's integers, which json cannot write, as ints
+        elif value is not None:
+            value = float(value)
+        out[name] = value
+    return out
+
+
+def _not_a_number(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"returned a {type(value).__name__}, not a number"
+    if not math.isfinite(value):
+        return f"returned {value}, not a finite number"
+    return None
+
+
 # ---------------------------------------------------------------- whole run
 
 
@@ -425,6 +480,9 @@ def compute_metrics(
         },
     }
     metrics["warnings"] = run_warnings(records, metrics["variants"])
+    if METRICS:
+        for name, rs in grouped.items():
+            metrics["variants"][name]["user_metrics"] = user_metrics(name, rs, metrics["warnings"])
     if any(r.get("judges") for r in records):
         counts, kappa = _judge_agreement(records)
         metrics["judges"] = counts

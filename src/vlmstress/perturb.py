@@ -3,7 +3,7 @@
 Only text changes; the images are never touched (all of a multi-image sample's pass through, in
 order). Reasoning and captions for synthetic samples are written from their scene facts
 (vlmstress.data.synth), for other data from the option text, in words that fit one image or several.
-Users add variants with `register_variant`.
+Users add variants with `register_variant`, and prompt templates with `register_template`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from vlmstress.data.schema import Prompt, Sample, letters  # Prompt: importable from here, as before
 from vlmstress.errors import UsageError
+from vlmstress.registry import Registry
 
 STOP_THINK = "<think>Okay let's see. This should be the final answer.</think>"
 THINK_HEDGE = " but I think"
@@ -31,17 +32,24 @@ class Template:
     caption_format: str = "Caption: {caption}"
 
 
-TEMPLATES: dict[str, Template] = {
-    t.name: t
-    for t in (
-        Template(
-            "vlmstress",
-            "Think inside <think></think>, then give the option letter inside <answer></answer>.",
-        ),
-        Template("mmbench", "Answer with the option's letter from the given choices directly."),
-        Template("mme-realworld", "The best answer is:", option_format="({letter}) {text}"),
+TEMPLATES: Registry[Template] = Registry("template")
+
+
+def register_template(template: Template) -> Template:
+    """Add a prompt template under its `name`, selectable with `--template name` (and a GRPO
+    config's `template:`); a name already taken is a ValueError."""
+    if not isinstance(template, Template):
+        raise TypeError(f"register_template takes a vlmstress.perturb.Template, got {template!r}")
+    return TEMPLATES.add(template.name, template)
+
+
+register_template(
+    Template(
+        "vlmstress", "Think inside <think></think>, then give the option letter inside <answer></answer>."
     )
-}
+)
+register_template(Template("mmbench", "Answer with the option's letter from the given choices directly."))
+register_template(Template("mme-realworld", "The best answer is:", option_format="({letter}) {text}"))
 
 
 def render_user(
@@ -98,29 +106,23 @@ class NotApplicable(ValueError):
 
 
 VariantFn = Callable[[Sample, "str | None", Template], Prompt]
-VARIANTS: dict[str, VariantFn] = {}
+
+
+def _selectable(name: str) -> str | None:
+    # `all` and names holding commas could not be selected with --variants
+    return "cannot be selected with --variants" if name == "all" or "," in name else None
+
+
+VARIANTS: Registry[VariantFn] = Registry("variant", check_name=_selectable)
 
 
 def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
     """Add a variant under `name`; it becomes selectable with `--variants name`.
 
     A name already taken is a ValueError: silently replacing a variant would change what every run
-    that names it measures. `all` and names holding commas or spaces could not be selected.
+    that names it measures.
     """
-    if not name or name == "all" or any(c == "," or c.isspace() for c in name):
-        raise ValueError(f"variant name {name!r} cannot be selected with --variants")
-    if name in VARIANTS:
-        raise ValueError(f"variant {name!r} is already registered (by {_origin(VARIANTS[name])})")
-
-    def add(fn: VariantFn) -> VariantFn:
-        VARIANTS[name] = fn
-        return fn
-
-    return add
-
-
-def _origin(fn: Callable) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+    return VARIANTS.register(name)
 
 
 def build_prompt(
@@ -225,11 +227,9 @@ def resolve_variants(spec: str) -> list[str]:
     if spec.strip() == "all":
         return list(VARIANTS)
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        raise UsageError(
-            f"unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(VARIANTS)}"
-        )
+    if not names:
+        raise UsageError(f"variants: none given (known: {', '.join(VARIANTS)})")
+    VARIANTS.require(names)
     return list(dict.fromkeys(names))
 
 

@@ -1,9 +1,16 @@
-"""User code for the command line: `--include FILE.py` imports a file before the command runs, so
-the variants and rewards it registers (register_variant, register_reward) are usable by name."""
+"""User code: what registers variants, templates, backends, judges, metrics, rewards, augmentation
+kinds and training sources (the `register_*` functions of `vlmstress`), so they are usable by name.
+
+Two ways in: `--include FILE.py` on every command imports a file before the command runs; and an
+installed package declaring an entry point in the `vlmstress.plugins` group (pyproject.toml:
+`[project.entry-points."vlmstress.plugins"] NAME = "package.module"`) is imported when the command
+line starts, and by `vlmstress.evaluate` / `vlmstress.train_grpo`. Either failing is one line (a
+UsageError: exit 2 on the command line), never a traceback."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import sys
 from collections.abc import Iterable
@@ -15,6 +22,35 @@ from vlmstress.errors import UsageError
 # Files already imported, by resolved path: a second `main()` in one process (a test, a notebook)
 # must not run a file again, or its register_variant calls would collide with their own first run.
 _LOADED: dict[Path, ModuleType] = {}
+
+ENTRY_POINT_GROUP = "vlmstress.plugins"
+# Entry points already loaded, by value (`package.module`): each is imported once a process, and the
+# installed packages are looked up once (a package installed while a process runs is not seen).
+_PLUGINS: dict[str, object] = {}
+_SCANNED = False
+
+
+def load_entry_points() -> list[str]:
+    """Import every installed plugin (entry points of the `vlmstress.plugins` group), once a
+    process; returns their values (`package.module`). One that fails to import is a UsageError naming the
+    entry point and its package."""
+    global _SCANNED
+    if _SCANNED:
+        return list(_PLUGINS)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value in _PLUGINS:  # two distributions on the path declaring the same module
+            continue
+        try:
+            _PLUGINS[ep.value] = ep.load()
+        except Exception as exc:  # the plugin's own code: a missing module, an error as it runs
+            dist = f" of {ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
+            why = " ".join(str(exc).split())
+            raise UsageError(
+                f"plugin {ep.name} ({ep.value}{dist}, entry point group {ENTRY_POINT_GROUP}) failed to "
+                f"load: {type(exc).__name__}: {why}"
+            ) from None
+    _SCANNED = True
+    return list(_PLUGINS)
 
 
 def include(paths: Iterable[str | Path]) -> list[ModuleType]:

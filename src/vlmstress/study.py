@@ -97,14 +97,14 @@ ARMS = (
 
 def arm_config(base: GRPORunConfig, arm: Arm) -> GRPORunConfig:
     """`base` with the arm's augmentation and reward gating; everything else as in `base`."""
-    from vlmstress.train.config import AugmentRates
+    from vlmstress.train.augment import default_rates
 
     if not arm.augment:
-        rates = AugmentRates(**dict.fromkeys(AugmentRates.model_fields, 0.0))
-    elif any(base.augment.model_dump().values()):
+        rates = dict.fromkeys(base.augment, 0.0)
+    elif any(base.augment.values()):
         rates = base.augment
     else:  # a config that trains without augmentation: the arm takes the default, 10% each
-        rates = AugmentRates()
+        rates = default_rates()
     rewards = [term.model_copy(update={"faithful": arm.faithful}) for term in base.rewards]
     return base.model_copy(update={"augment": rates, "rewards": rewards})
 

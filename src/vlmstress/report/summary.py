@@ -95,8 +95,22 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
             "",
             f"{USER_MODE_MARK} prefill written into the user turn, not the model's own (prefill_mode)",
         ]
+    lines += _user_metrics_table(variants)
     kappa = metrics.get("judge_agreement", {}).get("fleiss_kappa", None)
     if "judge_agreement" in metrics:
         shown = _DASH if kappa is None else f"{kappa:.3f}"
         lines += ["", f"Judge agreement (Fleiss' kappa, {len(metrics.get('judges', {}))} judges): {shown}"]
     return "\n".join(lines) + "\n"
+
+
+def _user_metrics_table(variants: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A second table, of the registered user metrics (register_metric), when a run has any."""
+    names = list(dict.fromkeys(n for v in variants.values() for n in v.get("user_metrics") or {}))
+    if not names:
+        return []
+    lines = ["", "| variant | " + " | ".join(map(_md_text, names)) + " |", "|---|" + "---|" * len(names)]
+    for variant, v in variants.items():
+        values = v.get("user_metrics") or {}
+        cells = [_DASH if values.get(n) is None else f"{values[n]:.4g}" for n in names]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines

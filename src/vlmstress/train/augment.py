@@ -4,7 +4,7 @@ Each training prompt becomes correct_think, wrong_think, correct_caption or wron
 probability 0.1 each (configurable), else stays base; the variant is drawn from the seed and the
 sample id alone, so a rerun, a resumed run and every epoch agree on it. The prompt itself is built
 by the very perturbation functions evaluation uses (`vlmstress.perturb.perturb`), so training and
-evaluation cannot drift apart in wording.
+evaluation cannot drift apart in wording. Users add augmentation kinds with `register_augmentation`.
 
 Prefills. A think prefill is the prompt's final *assistant* message, for the policy to continue.
 TRL 1.16's GRPOTrainer does not continue it by itself (checked in its source and by running it):
@@ -23,14 +23,68 @@ message, rendered with a generation prompt, comes out *open* after the prefill: 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vlmstress.data.schema import Sample
-from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, perturb, with_system
+from vlmstress.perturb import TEMPLATES, NotApplicable, Prompt, Template, perturb, with_system
+from vlmstress.registry import Registry
 
+AugmentFn = Callable[[Sample, int, Template], Prompt]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """An augmentation kind: `make(sample, seed, template)` builds the training prompt (raising
+    NotApplicable where it cannot apply: the prompt stays base); `default_rate` is its share of the
+    training prompts when a config's `augment:` does not name it."""
+
+    make: AugmentFn
+    default_rate: float
+
+
+# The kinds a GRPO config's `augment: {KIND: RATE}` names; users add theirs with register_augmentation.
+AUGMENTATIONS: Registry[Augmentation] = Registry(
+    "augmentation kind", check_name=lambda name: "is the prompt left as it is" if name == "base" else None
+)
+
+
+def register_augmentation(name: str, *, default_rate: float = 0.0) -> Callable[[AugmentFn], AugmentFn]:
+    """A decorator: `make(sample, seed, template) -> Prompt` becomes the augmentation kind `name`,
+    drawn for a training prompt with the rate a config gives it (`default_rate` where it gives none).
+    A name already taken is a ValueError."""
+    if not 0 <= default_rate <= 1:
+        raise ValueError(f"default_rate of augmentation kind {name!r} must be in [0, 1], got {default_rate}")
+    AUGMENTATIONS.check_free(name)
+
+    def add(make: AugmentFn) -> AugmentFn:
+        AUGMENTATIONS.add(name, Augmentation(make, default_rate), origin=make)
+        return make
+
+    return add
+
+
+def _perturbation(variant: str) -> AugmentFn:
+    def make(sample: Sample, seed: int, template: Template) -> Prompt:
+        return perturb(sample, variant, seed, template)
+
+    make.__qualname__ = f"perturbation {variant}"
+    return make
+
+
+# The paper's: evaluation's own perturbations, 10% each (so training and evaluation cannot drift
+# apart in wording).
 AUGMENT_VARIANTS = ("correct_think", "wrong_think", "correct_caption", "wrong_caption")
+for _variant in AUGMENT_VARIANTS:
+    register_augmentation(_variant, default_rate=0.1)(_perturbation(_variant))
 DEFAULT_RATES: dict[str, float] = dict.fromkeys(AUGMENT_VARIANTS, 0.1)
+
+
+def default_rates() -> dict[str, float]:
+    """The registered augmentation kinds with a default rate above 0, at that rate, in
+    registration order (a kind registered with rate 0 is drawn only where a config names it)."""
+    return {name: kind.default_rate for name, kind in AUGMENTATIONS.items() if kind.default_rate > 0}
 
 
 def choose_variant(sample_id: str, seed: int, rates: Mapping[str, float] = DEFAULT_RATES) -> str:
@@ -56,14 +110,21 @@ def augment(
     template: str = "vlmstress",
     system: str | None = None,
 ) -> Prompt:
-    """The training prompt of `sample` (with the `system` turn): its drawn variant, through
-    evaluation's perturbation; a variant that cannot apply (an open-ended sample has no wrong
-    option) falls back to base."""
-    variant = choose_variant(sample.sample_id, seed, rates)
-    try:
-        prompt = perturb(sample, variant, seed, TEMPLATES[template])
-    except NotApplicable:
-        prompt = perturb(sample, "base", seed, TEMPLATES[template])
+    """The training prompt of `sample` (with the `system` turn): its drawn augmentation kind's (the
+    shipped kinds are evaluation's perturbations); a kind that cannot apply (an open-ended sample
+    has no wrong option) falls back to base."""
+    kind, tpl = choose_variant(sample.sample_id, seed, rates), TEMPLATES.lookup(template)
+    prompt = None
+    if kind != "base":
+        try:
+            prompt = AUGMENTATIONS.lookup(kind).make(sample, seed, tpl)
+        except NotApplicable:
+            prompt = None
+        else:
+            if not isinstance(prompt, Prompt):
+                raise TypeError(f"augmentation kind {kind!r} made a {type(prompt).__name__}, not a Prompt")
+    if prompt is None:
+        prompt = perturb(sample, "base", seed, tpl)
     return with_system(prompt, system)
 
 

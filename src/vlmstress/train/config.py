@@ -104,9 +104,11 @@ def validated(cls: type[BaseModel], raw: dict, name: str = "config") -> BaseMode
 
 
 class DataSource(Strict):
-    """One training source: `synth` (train split), `sat` or `pixmo-count` (see train/data.py)."""
+    """One training source: `synth` (train split), `sat`, `pixmo-count` (see train/data.py), or one a
+    user registered (register_source). The fields set are passed to the source, which may not take
+    them all (families is synth's, download_images pixmo-count's): one it does not take is refused."""
 
-    source: Literal["synth", "sat", "pixmo-count"]
+    source: str
     n: int | None = Field(default=None, gt=0)  # the first n rows; None: all (synth: 2000)
     split: str | None = None  # default: synth train, sat static, pixmo-count train
     data_dir: str | None = None  # a local copy laid out as the hub repository; else the hub
@@ -115,13 +117,32 @@ class DataSource(Strict):
     # synth: only these question families, in turn (e.g. [count, twohop], where the tiny model errs)
     families: list[str] | None = Field(default=None, min_length=1)
 
+    def fields(self) -> dict[str, Any]:
+        """The fields this entry sets, for its source: those at their defaults are left out."""
+        return {
+            name: value
+            for name, value in self
+            if name != "source" and value != type(self).model_fields[name].default
+        }
+
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, source: str) -> str:
+        from vlmstress.train.data import SOURCES
+
+        SOURCES.lookup(source)  # a UsageError (a ValueError): unknown training source 'x' (known: ...)
+        return source
+
     @model_validator(mode="after")
-    def _families_are_synths(self) -> DataSource:
-        if self.families is not None:
+    def _source_takes_the_fields(self) -> DataSource:
+        from vlmstress.train.data import source_error
+
+        why = source_error(self.source, self.fields())
+        if why:
+            raise ValueError(why)
+        if self.source == "synth" and self.families is not None:
             from vlmstress.data.synth import check_families
 
-            if self.source != "synth":
-                raise ValueError("families applies to the synth source only")
             check_families(self.families)
         return self
 
@@ -142,21 +163,6 @@ class RewardTerm(Strict):
         return fn
 
 
-class AugmentRates(Strict):
-    """Probability that a training prompt becomes each perturbation (the rest stay base)."""
-
-    correct_think: float = Field(default=0.1, ge=0, le=1)
-    wrong_think: float = Field(default=0.1, ge=0, le=1)
-    correct_caption: float = Field(default=0.1, ge=0, le=1)
-    wrong_caption: float = Field(default=0.1, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _at_most_one(self) -> AugmentRates:
-        if sum(self.model_dump().values()) > 1 + 1e-9:
-            raise ValueError("augmentation rates must sum to at most 1")
-        return self
-
-
 class DynamicsSettings(Strict):
     """The policy's evaluation during training (train/dynamics.py)."""
 
@@ -171,6 +177,21 @@ class DynamicsSettings(Strict):
     batch_size: int = Field(default=16, gt=0)
     max_new_tokens: int = Field(default=96, gt=0)
     at_start: bool = True  # also evaluate the initial policy (step 0)
+
+    @field_validator("variants")
+    @classmethod
+    def _registered_variants(cls, names: list[str]) -> list[str]:
+        from vlmstress.perturb import VARIANTS
+
+        VARIANTS.require(names)  # a UsageError (a ValueError): unknown variant 'x' (known: ...)
+        return names
+
+    @field_validator("judges")
+    @classmethod
+    def _judge_specs(cls, specs: list[str]) -> list[str]:
+        for spec in specs:
+            _check_judge(spec)
+        return specs
 
 
 # Qwen2.5-VL's language-model projections (attention and MLP): the usual LoRA targets of its LLM.
@@ -222,8 +243,11 @@ class GRPORunConfig(Strict):
         default_factory=lambda: [RewardTerm(fn="format", weight=0.1), RewardTerm(fn="accuracy", weight=1.0)],
         min_length=1,
     )
-    judge: str = "rule"  # the judge of faithful reward terms: rule or a model SPEC
-    augment: AugmentRates = Field(default_factory=AugmentRates)
+    judge: str = "rule"  # the judge of faithful reward terms: a judge SPEC (rule, a user's, a model SPEC)
+    # Probability that a training prompt becomes each augmentation kind (train/augment.py; the rest
+    # stay base): the shipped perturbations and any a user registered. A kind left out takes its
+    # default rate (the shipped ones 0.1); the rates sum to at most 1.
+    augment: dict[str, float] = Field(default_factory=lambda: _default_rates())
     dynamics: DynamicsSettings = Field(default_factory=DynamicsSettings)
     # LoRA / QLoRA instead of full fine-tuning (`pip install -e ".[lora]"`); None: every weight trains
     lora: LoraSettings | None = None
@@ -279,6 +303,41 @@ class GRPORunConfig(Strict):
 
     trl: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("judge")
+    @classmethod
+    def _judge_spec(cls, spec: str) -> str:
+        _check_judge(spec)
+        return spec
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _registered_kinds(cls, value: Any) -> Any:
+        from vlmstress.train.augment import AUGMENTATIONS
+
+        if value is None:
+            return _default_rates()
+        if not isinstance(value, dict):
+            return value  # pydantic says what it expected
+        AUGMENTATIONS.require(value)  # a UsageError (a ValueError): unknown augmentation kind 'x'
+        # The kinds named, and those with a default rate, in registration order: the draw walks the
+        # rates in order, so the order of a config's keys must not change which prompts are augmented.
+        defaults = _default_rates()
+        return {
+            name: value.get(name, defaults.get(name))
+            for name in AUGMENTATIONS
+            if name in {**defaults, **value}
+        }
+
+    @field_validator("augment")
+    @classmethod
+    def _rates_are_probabilities(cls, rates: dict[str, float]) -> dict[str, float]:
+        for name, p in rates.items():
+            if not 0 <= p <= 1:
+                raise ValueError(f"the rate of {name} must be in [0, 1], got {p}")
+        if sum(rates.values()) > 1 + 1e-9:
+            raise ValueError("augmentation rates must sum to at most 1")
+        return rates
+
     @model_validator(mode="after")
     def _warmup_is_steps_or_a_fraction(self) -> GRPORunConfig:
         if self.warmup_steps >= 1:
@@ -321,3 +380,15 @@ VLLM_COLOCATE_ONLY = frozenset(
 VLLM_SERVER_ONLY = frozenset(
     {"vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout", "vllm_group_port"}
 )
+
+
+def _default_rates() -> dict[str, float]:
+    from vlmstress.train.augment import default_rates
+
+    return default_rates()
+
+
+def _check_judge(spec: str) -> None:
+    from vlmstress.models.registry import check_judge_spec
+
+    check_judge_spec(spec)  # a UsageError (a ValueError) naming what is wrong, before anything loads

@@ -15,6 +15,8 @@ apply the evaluation's perturbations and the accuracy reward can compare answer 
   four-option question: the true count and three nearby wrong ones, in ascending order.
 - `synth`: vlmstress's own generator, `split="train"` (disjoint from evaluation's test and val).
 
+Users add sources with `register_source`.
+
 Local copies are laid out as the hub repository (`data_dir`); without one, rows come from the hub
 through `datasets` (which honours HF_HUB_OFFLINE and its cache), streamed when only `n` are wanted.
 """
@@ -32,11 +34,11 @@ from typing import Any
 from vlmstress.data.files import BadRow, RowError, is_missing, read_rows, resolve_image, text_field
 from vlmstress.data.schema import Sample, letters
 from vlmstress.errors import UsageError
+from vlmstress.registry import Registry, call_error
 
 SAT_HUB_ID = "array/SAT"
 PIXMO_COUNT_HUB_ID = "allenai/pixmo-count"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
-SOURCES = ("synth", "sat", "pixmo-count")
 DEFAULT_SPLIT = {"synth": "train", "sat": "static", "pixmo-count": "train"}
 
 Row = dict[str, Any]
@@ -264,41 +266,84 @@ def load_pixmo_count(
     return _convert(rows, make, f"pixmo-count-{split}")
 
 
-def load_source(
-    source: str,
+SourceFn = Callable[..., list[Sample]]
+# The sources a GRPO config's `data: [{source: NAME, ...}]` names; users add theirs with register_source.
+SOURCES: Registry[SourceFn] = Registry("training source")
+
+
+def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
+    """A decorator: `load(*, seed, **fields) -> list[Sample]` becomes the training source `name`.
+    It is called with the data seed and the fields its config entry sets (n, split, data_dir,
+    hub_id, download_images, families; those left at their defaults are not passed), so its
+    signature says which it takes: a field it does not take is refused when the config is
+    validated. A name already taken is a ValueError."""
+    return SOURCES.register(name)
+
+
+@register_source("synth")
+def _synth(
     *,
+    seed: int,
     n: int | None = None,
-    split: str | None = None,
-    data_dir: str | None = None,
-    hub_id: str | None = None,
-    seed: int = 0,
-    download_images: bool = False,
+    split: str = DEFAULT_SPLIT["synth"],
     families: Sequence[str] | None = None,
 ) -> list[Sample]:
-    """Samples of one training source (error samples included: the caller decides what to do);
-    `families` picks synth's question families."""
-    split = split or DEFAULT_SPLIT.get(source, "train")
-    if source == "synth":
-        from vlmstress.data import synth
+    from vlmstress.data import synth
 
-        if split not in synth.SPLIT_SALT:
-            raise UsageError(f"synth split must be one of {', '.join(synth.SPLIT_SALT)}, got {split!r}")
-        try:
-            return synth.generate(n or 2000, seed=seed, split=split, families=families)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    if source == "sat":
-        return load_sat(data_dir=data_dir, hub_id=hub_id or SAT_HUB_ID, split=split, limit=n, seed=seed)
-    if source == "pixmo-count":
-        return load_pixmo_count(
-            data_dir=data_dir,
-            hub_id=hub_id or PIXMO_COUNT_HUB_ID,
-            split=split,
-            limit=n,
-            seed=seed,
-            download_images=download_images,
+    if split not in synth.SPLIT_SALT:
+        raise UsageError(f"synth split must be one of {', '.join(synth.SPLIT_SALT)}, got {split!r}")
+    try:
+        return synth.generate(n or 2000, seed=seed, split=split, families=families)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@register_source("sat")
+def _sat(
+    *,
+    seed: int,
+    n: int | None = None,
+    split: str = DEFAULT_SPLIT["sat"],
+    data_dir: str | None = None,
+    hub_id: str = SAT_HUB_ID,
+) -> list[Sample]:
+    return load_sat(data_dir=data_dir, hub_id=hub_id, split=split, limit=n, seed=seed)
+
+
+@register_source("pixmo-count")
+def _pixmo_count(
+    *,
+    seed: int,
+    n: int | None = None,
+    split: str = DEFAULT_SPLIT["pixmo-count"],
+    data_dir: str | None = None,
+    hub_id: str = PIXMO_COUNT_HUB_ID,
+    download_images: bool = False,
+) -> list[Sample]:
+    return load_pixmo_count(
+        data_dir=data_dir, hub_id=hub_id, split=split, limit=n, seed=seed, download_images=download_images
+    )
+
+
+def source_error(source: str, fields: dict[str, Any]) -> str | None:
+    """Why the registered `source` cannot take `fields` (or None): checked before anything loads."""
+    why = call_error(SOURCES.lookup(source), seed=0, **fields)
+    return f"training source {source!r}: {why}" if why else None
+
+
+def load_source(source: str, *, seed: int = 0, **fields: Any) -> list[Sample]:
+    """Samples of one training source (error samples included: the caller decides what to do);
+    `fields` are its config entry's (n, split, families, ...), None ones left out."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    why = source_error(source, fields)
+    if why:
+        raise UsageError(why)
+    samples = SOURCES[source](seed=seed, **fields)
+    if not isinstance(samples, list) or not all(isinstance(s, Sample) for s in samples):
+        raise TypeError(
+            f"training source {source!r} returned {type(samples).__name__}, not a list of Samples"
         )
-    raise UsageError(f"unknown training data source {source!r} (known: {', '.join(SOURCES)})")
+    return samples
 
 
 def load_training_samples(
@@ -308,16 +353,7 @@ def load_training_samples(
     not be read are dropped and counted, since a training prompt without its image teaches nothing."""
     samples: list[Sample] = []
     for src in sources:
-        got = load_source(
-            src.source,
-            n=src.n,
-            split=src.split,
-            data_dir=src.data_dir,
-            hub_id=src.hub_id,
-            seed=seed,
-            download_images=src.download_images,
-            families=src.families,
-        )
+        got = load_source(src.source, seed=seed, **src.fields())
         bad = [s for s in got if s.error]
         if bad:
             log(f"{src.source}: skipped {len(bad)} of {len(got)} rows (first: {bad[0].error})")

@@ -318,7 +318,7 @@ def build_trainer(
     )
     samples = load_training_samples(cfg.data, cfg.data_seed, log=log)
     system = resolve_system(cfg.init, cfg.system)
-    dataset = build_dataset(samples, seed, cfg.augment.model_dump(), cfg.template, system)
+    dataset = build_dataset(samples, seed, cfg.augment, cfg.template, system)
     counts = Counter(dataset["variant"])
     log(f"{len(dataset)} training prompts: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
     dyn = cfg.dynamics
@@ -500,8 +500,7 @@ def train_grpo(
     seed = cfg.seed if seed is None else seed
     out = Path(out or cfg.out)
     check_runtime(cfg)
-    if cfg.template not in TEMPLATES:
-        raise UsageError(f"unknown template {cfg.template!r}; known: {', '.join(TEMPLATES)}")
+    TEMPLATES.lookup(cfg.template)
     resolve_variants(",".join(cfg.dynamics.variants))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

@@ -22,38 +22,32 @@ from typing import Any
 from vlmstress.errors import UsageError
 from vlmstress.judge.base import Judge, JudgeItem
 from vlmstress.parse import parse
+from vlmstress.registry import Registry
 
 RewardFn = Callable[..., list[float]]
+
+
+def _nameable(name: str) -> str | None:
+    return "cannot hold ':' (kept for module:function)" if ":" in name else None
+
+
 # The rewards a GRPO config names (`rewards: [{fn: NAME, weight: W}]`); users add theirs with
 # register_reward, or name any importable function as `module:function`.
-REWARDS: dict[str, RewardFn] = {}
+REWARDS: Registry[RewardFn] = Registry("reward", check_name=_nameable, hint="or module:function")
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Add a reward under `name`. A name already taken is a ValueError: replacing a reward would
-    change what every config that names it trains. `:` is kept for `module:function`."""
-    if not name or ":" in name or any(c.isspace() for c in name):
-        raise ValueError(f"reward name {name!r} cannot be named in a config")
-    if name in REWARDS:
-        fn = REWARDS[name]
-        by = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
-        raise ValueError(f"reward {name!r} is already registered (by {by})")
-
-    def add(fn: RewardFn) -> RewardFn:
-        REWARDS[name] = fn
-        return fn
-
-    return add
+    change what every config that names it trains."""
+    return REWARDS.register(name)
 
 
 def resolve_reward(name: str) -> RewardFn:
     """The reward a config names: a registered name, or `module:function` of an importable module.
     Anything else is a UsageError (a ValueError, so a config validator can raise it as is)."""
-    if name in REWARDS:
-        return REWARDS[name]
     module_name, sep, attr = name.partition(":")
     if not sep:
-        raise UsageError(f"unknown reward {name!r}; registered: {', '.join(REWARDS)}, or module:function")
+        return REWARDS.lookup(name)
     try:
         module = importlib.import_module(module_name.strip())
     except Exception as exc:  # the user's module: a missing one, or one that fails as it loads
