@@ -154,6 +154,10 @@ def test_entropy_falling_is_reproduced_with_kendall_over_seeds():
         f.verdict == REPRODUCED and f.n == 10 and f.p_value == pytest.approx(kendalltau(steps, values).pvalue)
     )
     assert f.effect < -0.8
+    # the data the test read, for the report's plot beside the finding: each row with its seed
+    assert f.series["arm"] == "plain" and f.series["field"] == "mean_entropy"
+    assert [(p["step"], p["value"]) for p in f.series["points"]] == list(zip(steps, values, strict=True))
+    assert [p["seed"] for p in f.series["points"]] == [0] * 5 + [1] * 5
 
 
 def test_entropy_rising_is_not_reproduced():

@@ -192,6 +192,13 @@ def test_findings_section_has_a_row_per_finding_with_p_or_a_null_reason(done):
     assert html.index('id="findings"') < html.index('id="runs"')
     for f in saved["findings"]:
         assert f'data-finding="{f["key"]}" data-verdict="{f["verdict"]}"' in html
+    # Beside the table, inside the section, a plot of the dynamics each trend finding read (3: the
+    # plain arm's entropy over its steps; 6b, 6c: the augment+faithful arm's).
+    section = html[html.index('id="findings"') : html.index("</section>", html.index('id="findings"'))]
+    figure = r'data-finding-figure="(\w+)"><img class="plot" src="data:image/png;base64,'
+    plotted = re.findall(figure, section)
+    assert plotted == [f["key"] for f in saved["findings"] if f["series"] and f["series"]["points"]]
+    assert {"3", "6b", "6c"} <= set(plotted)
 
 
 def test_a_report_that_is_not_a_studys_has_no_findings(done, tmp_path):

@@ -67,6 +67,9 @@ class Finding:
     effect: float | None  # the signed effect the verdict reads (a difference, tau or AUROC)
     verdict: str  # REPRODUCED | NOT_REPRODUCED | INCONCLUSIVE
     reason: str  # why this verdict
+    # A trend finding's data, as its test read it: {"arm", "field", "points": [{seed, step, value}]}
+    # (the report plots it beside the finding); None for the other findings.
+    series: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -382,6 +385,17 @@ def trend(rows: Sequence[Row], field: str, variant: str = "base") -> tuple[list[
     return steps, values
 
 
+def trend_points(rows: Sequence[Row], field: str, variant: str = "base") -> list[dict]:
+    """The rows `trend` reads, each with its seed: what a finding's plot draws."""
+    return [
+        {"seed": r.get("seed"), "step": int(r["step"]), "value": float(r[field])}  # type: ignore[arg-type]
+        for r in rows
+        if r.get("variant", "base") == variant
+        and isinstance(r.get(field), int | float)
+        and math.isfinite(r[field])  # type: ignore[arg-type]
+    ]
+
+
 def _step_means(steps: Sequence[int], values: Sequence[float]) -> dict[int, float]:
     by: dict[int, list[float]] = {}
     for s, v in zip(steps, values, strict=True):
@@ -419,6 +433,7 @@ def trend_finding(
         )
     means = _step_means(steps, values)
     seeds = len({r.get("seed") for r in rows})
+    series = {"arm": arm, "field": field, "unit": unit.strip(), "points": trend_points(rows, field)}
     first, last = next(iter(means)), next(reversed(means))
     measured = (
         f"{arm} arm, {field} (mean over seeds): "
@@ -441,7 +456,7 @@ def trend_finding(
     extra = note(values)
     if extra:
         reason = f"{reason}; {extra}"
-    return Finding(key, claim, paper, measured, len(steps), test, p, tau, verdict, reason)
+    return Finding(key, claim, paper, measured, len(steps), test, p, tau, verdict, reason, series)
 
 
 def entropy_finding(dynamics: Mapping[str, Sequence[Row]]) -> Finding:

@@ -172,6 +172,12 @@ def report_context(
     for i, run in enumerate(runs, start=1):
         log(f"figures of {run.label} ({i}/{len(runs)})")
         per_run.append(run_figures(run, variants, colours))
+    # beside each trend finding, the dynamics it was tested on (findings.json carries the points)
+    finding_figures = {
+        f["key"]: _uri(plots.finding_figure(f))
+        for f in (findings or {}).get("findings", [])
+        if f.get("series")
+    }
     log("sample browser")
     samples, total = sample_views(evaluated, browsed)
     return {
@@ -195,6 +201,7 @@ def report_context(
         "quadrant_colours": QUADRANT_COLOURS,
         "quadrant_labels": QUADRANT_LABELS,
         "findings": dict(findings) if findings else None,
+        "finding_figures": {k: v for k, v in finding_figures.items() if v},
         "version": __version__,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import io
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -363,4 +364,31 @@ def dynamics_figure(run: Run, colours: dict[str, str]) -> Figure | None:
                     handles.append(h)
                     labels.append(label)
         fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 6), fontsize=9)
+    return fig
+
+
+def finding_figure(finding: Mapping[str, Any]) -> Figure | None:
+    """A trend finding's data (findings.json `series`): the value at each step, one line per seed,
+    and their mean, which is what its Kendall's tau was computed on."""
+    series = finding.get("series") or {}
+    points = series.get("points") or []
+    if not points:
+        return None
+    by_seed: dict[Any, list[tuple[int, float]]] = {}
+    for pt in points:
+        by_seed.setdefault(pt.get("seed"), []).append((int(pt["step"]), float(pt["value"])))
+    steps = sorted({s for line in by_seed.values() for s, _ in line})
+    mean = [float(np.mean([v for line in by_seed.values() for s, v in line if s == step])) for step in steps]
+    fig, (ax,) = _figure(4.2, 2.9)
+    with matplotlib.rc_context(STYLE):
+        for seed, line in sorted(by_seed.items(), key=lambda kv: str(kv[0])):
+            xs, ys = zip(*sorted(line), strict=True)
+            ax.plot(xs, ys, color="#9aa5b1", linewidth=1, marker="o", markersize=2.5, label=f"seed {seed}")
+        ax.plot(steps, mean, color="#1f4e79", linewidth=2, marker="o", markersize=3.5, label="mean")
+        unit = f" ({series['unit']})" if series.get("unit") else ""
+        ax.set_title(
+            f"{finding.get('key')}: {series.get('arm')} arm, {series.get('field')}{unit}", fontsize=10
+        )
+        ax.set_xlabel("GRPO step")
+        ax.legend(fontsize=8, frameon=False)
     return fig
