@@ -26,6 +26,7 @@ import torch
 
 from vlmstress.errors import UsageError
 from vlmstress.models.base import Generation, chat_messages
+from vlmstress.models.image_cache import DEFAULT_BUDGET, ImageCache, caching_processor
 from vlmstress.perturb import Prompt
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,6 @@ _BEFORE_LETTER = " \t\r\n([*"
 # A vocabulary entry whose only ASCII letter is one capital: "B", "ĠB", "▁B", "(B", ">B", "B)". Byte-level
 # and SentencePiece space markers are not ASCII, so they pass; "<0x41>"-style byte tokens do not.
 _LETTER_SHAPED = re.compile(r"[^A-Za-z]*([A-Z])[^A-Za-z]*")
-
-
-def _load_images(prompt: Prompt) -> list:
-    """The prompt's images decoded, in order (none for a text-only prompt)."""
-    from vlmstress.data.images import load_images
-
-    return load_images(prompt.images) if prompt.image is not None else []
 
 
 def _row_images(row: Any) -> list:
@@ -162,6 +156,8 @@ class HFModel:
     # Caches: letter-token families by (token id, letter, option letters); forced-scoring plans by letters.
     _families: dict[tuple, dict[str, int] | None] = field(default_factory=dict, repr=False)
     _forced_plans: dict[tuple, tuple[str, dict[str, int]] | None] = field(default_factory=dict, repr=False)
+    # Bytes of decoded and processed images kept for a sample's other prompts (image_cache.py); 0: none.
+    image_cache_bytes: int = DEFAULT_BUDGET
 
     @classmethod
     def from_pretrained(
@@ -238,7 +234,7 @@ class HFModel:
         if flat:
             kwargs["images"] = flat
         # Pixel values follow the model's dtype (a bfloat16 model gets bfloat16 pixels); ids stay integers.
-        return self.processor(**kwargs).to(device=self.model.device, dtype=self.model.dtype)
+        return self._caching_processor(**kwargs).to(device=self.model.device, dtype=self.model.dtype)
 
     def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[Generation]:
         results: list[Generation | None] = [None] * len(prompts)
@@ -250,7 +246,7 @@ class HFModel:
                 results[i] = Generation(text="", error=too_long)
                 continue
             try:
-                images.append(_load_images(p))
+                images.append(self._image_cache.images(p.images) if p.image is not None else [])
             except ValueError as e:
                 results[i] = Generation(text="", error=f"image: {e}")
                 continue
@@ -260,6 +256,15 @@ class HFModel:
         for i, gen in zip(rows, gens, strict=True):
             results[i] = gen
         return results  # type: ignore[return-value]
+
+    @cached_property
+    def _image_cache(self) -> ImageCache:
+        return ImageCache(self.image_cache_bytes)
+
+    @cached_property
+    def _caching_processor(self) -> Any:
+        """The processor, its image processor answering from `_image_cache` (`processor` untouched)."""
+        return caching_processor(self.processor, self._image_cache)
 
     @cached_property
     def context_limit(self) -> int | None:
