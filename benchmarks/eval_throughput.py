@@ -78,9 +78,14 @@ def raw(model, prompt_batches, max_new_tokens: int) -> list[str]:
                 padding_side="left",
             )
             out = model.model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=model.tokenizer.pad_token_id
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=model.tokenizer.pad_token_id,
             )
-            texts += model.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            texts += model.tokenizer.batch_decode(
+                out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+            )
     return texts
 
 
@@ -172,7 +177,9 @@ def main() -> None:
     if same_raw != len(pairs) or (naive_texts and same_naive != len(samples)):
         raise SystemExit("the runner's greedy completions differ from a plain generate loop's")
     speedup = f"{naive_s / runner_wall:.2f}" if naive_texts else "n/a"
-    print(f"raw_ratio_wall={geomean(wall_ratios):.2f} (per pair: {' '.join(f'{x:.2f}' for x in wall_ratios)})")
+    print(
+        f"raw_ratio_wall={geomean(wall_ratios):.2f} (per pair: {' '.join(f'{x:.2f}' for x in wall_ratios)})"
+    )
     print(
         f"speedup={speedup} overhead={runner_wall / statistics.median(model_s):.2f} "
         f"raw_ratio={geomean(cpu_ratios):.2f}"
