@@ -619,6 +619,29 @@ def test_a_prompt_longer_than_the_context_is_its_own_error_before_any_forward_pa
         HFModel.from_pretrained(str(tiny_ckpt), device="cpu", max_prompt_tokens=0)
 
 
+def test_prompt_lengths_come_from_the_batchs_own_encoding(tiny_ckpt, monkeypatch):
+    """The length check reads the processor's encoding of the batch: a prompt within the limit is
+    not tokenized a second time; one over it (by its expanded encoding) is counted exactly, alone."""
+    model = HFModel.from_pretrained(str(tiny_ckpt), device="cpu")
+    limit = model.model.config.get_text_config().max_position_embeddings
+    counted = []
+    tokenizer = type(model.tokenizer)
+    call = tokenizer.__call__
+
+    def spy(self, text=None, *args, **kwargs):
+        if isinstance(text, str):  # the processor tokenizes a batch, a list of texts
+            counted.append(text)
+        return call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "__call__", spy)
+    assert all(g.error is None for g in model.generate(prompts(), max_new_tokens=4))
+    assert counted == []
+    long = Prompt("long", "base", "Where is it? " * limit + "\nA. left\nB. right", None, ("l", "r"), "A")
+    out = model.generate([prompts()[0], long], max_new_tokens=4)
+    assert out[0].error is None and "too long" in out[1].error
+    assert counted == [model.prompt_text(long)]
+
+
 def test_two_images_reach_the_tiny_model_in_order():
     """A two-image prompt renders two image placeholders and the processor gets its images in
     prompt order, batched with a one-image prompt; a broken second image fails only its prompt."""
