@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 import tempfile
 import time
@@ -90,25 +91,30 @@ def raw(model, prompt_batches, max_new_tokens: int) -> list[str]:
     return texts
 
 
-def runner(model, samples, spec) -> tuple[dict, float]:
-    """run_eval into a fresh folder: {(sample_id, variant): record}, seconds inside model calls.
+def runner(model, samples, spec, out: Path) -> float:
+    """run_eval into `out`, a new folder; the seconds spent inside model calls.
 
     `samples` should be freshly loaded for each call, as a new run loads them: the model's image
     cache knows images by object, and images it kept from an earlier repetition would spare this one
     work that a real run does (and the raw loop does)."""
     model_seconds = []
-    with tempfile.TemporaryDirectory() as out:
-        run_eval(
-            model,
-            samples,
-            spec,
-            out,
-            judges=[RuleJudge()],
-            progress=False,
-            on_batch=lambda n, s: model_seconds.append(s),
-        )
-        records = {(r["sample_id"], r["variant"]): r for r in read_records(Path(out) / "records.jsonl")}
-    return records, sum(model_seconds)
+    run_eval(
+        model,
+        samples,
+        spec,
+        out,
+        judges=[RuleJudge()],
+        progress=False,
+        on_batch=lambda n, s: model_seconds.append(s),
+    )
+    return sum(model_seconds)
+
+
+def records_of(out: Path) -> dict:
+    """{(sample_id, variant): record} of a run folder, which is then removed (outside the timing)."""
+    records = {(r["sample_id"], r["variant"]): r for r in read_records(out / "records.jsonl")}
+    shutil.rmtree(out)
+    return records
 
 
 def geomean(xs: list[float]) -> float:
@@ -150,20 +156,22 @@ def main() -> None:
     def load():  # the samples as a new run loads them: new image objects
         return synth.generate(args.n, seed=0, split="test")
 
+    tmp = Path(tempfile.mkdtemp())
     raw(model, prompt_batches, args.max_new_tokens)  # warm-ups, untimed
-    runner(model, load(), spec)
+    runner(model, load(), spec, tmp / "warm-up")
     raw_clock, run_clock, model_s = [], [], []
     for rep in range(args.reps):
-        fresh = load()
+        fresh, out = load(), tmp / f"run{rep}"
         # Alternate which goes first, so that a drift in the machine's load favours neither.
         for name in ("raw", "runner") if rep % 2 == 0 else ("runner", "raw"):
             with Clock() as c:
                 if name == "raw":
                     raw_texts = raw(model, prompt_batches, args.max_new_tokens)
                 else:
-                    records, seconds = runner(model, fresh, spec)
+                    model_s.append(runner(model, fresh, spec, out))
             (raw_clock if name == "raw" else run_clock).append(c)
-        model_s.append(seconds)
+        records = records_of(out)
+    shutil.rmtree(tmp)
 
     responses = [records[k]["response"] for k in keys]
     same_raw = sum(a == b for a, b in zip(responses, raw_texts, strict=True))
