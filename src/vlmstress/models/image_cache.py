@@ -131,14 +131,15 @@ class ImageCache:
 
     def process(self, processor: Any, images: Any, kwargs: dict) -> Any:
         """What `processor(images, **kwargs)` returns, each cached image processed only once."""
-        if not isinstance(images, list) or not images or not self._may_cache(processor, kwargs):
-            return processor(images, **kwargs)
+        entries = [self._entry_of(im) for im in images] if isinstance(images, list) else []
+        if not any(entries) or not self._may_cache(processor, kwargs):
+            return processor(images, **kwargs)  # nothing from the cache here: one call, as without it
         outputs = []
-        for im in images:
-            entry, i = self._by_image.get(id(im), (None, 0))
-            if entry is None or entry.images[i] is not im:  # not from the cache: processed, not kept
+        for im, found in zip(images, entries, strict=True):
+            if found is None:  # not from the cache (evicted, or never kept): processed, not kept
                 outputs.append(processor([im], **kwargs))
                 continue
+            entry, i = found
             if entry.features[i] is None:
                 entry.features[i] = dict(processor([im], **kwargs))
                 if entry is self._entries.get(tuple(map(id, entry.refs))):
@@ -146,10 +147,7 @@ class ImageCache:
             outputs.append(entry.features[i])
         try:
             joined = concat(outputs)
-        except (
-            RuntimeError,
-            ValueError,
-        ):  # shapes the check did not meet: this processor batches images together
+        except (RuntimeError, ValueError):  # shapes the check did not meet: not independent after all
             joined = None
         if joined is None:
             self._checked[id(processor)] = (processor, False)
@@ -158,6 +156,10 @@ class ImageCache:
         from transformers.feature_extraction_utils import BatchFeature
 
         return BatchFeature(joined)
+
+    def _entry_of(self, image: Any) -> tuple[_Entry, int] | None:
+        found = self._by_image.get(id(image))
+        return found if found is not None and found[0].images[found[1]] is image else None
 
     def _may_cache(self, processor: Any, kwargs: dict) -> bool:
         seen = self._checked.get(id(processor))
