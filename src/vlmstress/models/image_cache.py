@@ -33,7 +33,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET = 256 * 2**20
+DEFAULT_BUDGET = 64 * 2**20
 
 
 @dataclass
