@@ -18,7 +18,9 @@ every greedy completion is identical across the three, then prints, as its last 
 speedup = naive wall / runner wall; overhead = runner wall / time inside the runner's model calls;
 raw_ratio = runner / raw, the geometric mean of the per-pair ratios of process CPU time (CPU time,
 not wall: the other processes of a shared machine inflate wall time by chance, CPU time far less).
-The wall-time ratio is printed beside it (raw_ratio_wall).
+The lines above it give the wall-time ratio (raw_ratio_wall: it also counts the runner's waits on
+its per-batch fsyncs, the crash-safety of docs/reliability.md) and each loop's CPU time per prompt
+inside the model's `generate` (the same model work) and outside it (what the loop itself costs).
 
     python benchmarks/eval_throughput.py [--n 100] [--batch-size 16] [--reps 8] [--variants base]
 """
