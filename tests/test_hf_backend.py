@@ -378,6 +378,27 @@ def test_batched_greedy_equals_one_at_a_time(model):
             assert p == pytest.approx(single.letter_probs[letter], abs=1e-4)
 
 
+def test_cached_images_change_no_generation(model):
+    """Every prompt twice (as a sample's variants share its image objects), with the image cache and
+    without: the same texts and letter probabilities. Qwen-VL and the tiny model cache (their image
+    processors pass the independence check); LLaVA-OneVision and Idefics3 pad a batch, so do not."""
+    first = prompts()
+    twice = first + [replace(p, variant="again") for p in first]
+    plain = HFModel(model=model.model, processor=model.processor, name="plain", image_cache_bytes=0)
+    fresh = HFModel(model=model.model, processor=model.processor, name="cached")
+    cached = fresh.generate(twice, max_new_tokens=6) + fresh.generate(twice[::-1], max_new_tokens=6)
+    uncached = plain.generate(twice, max_new_tokens=6) + plain.generate(twice[::-1], max_new_tokens=6)
+    assert [(g.text, g.letter_probs, g.score_source, g.error) for g in cached] == [
+        (g.text, g.letter_probs, g.score_source, g.error) for g in uncached
+    ]
+    assert all(g.error is None for g in cached)
+    independent = type(model.processor.image_processor).__name__.startswith("Qwen2VL")
+    decoded = 32 * 32 * 3 + 24 * 40 * 3  # the two images, kept once each
+    assert (fresh._image_cache.nbytes > decoded) is independent  # and where cached, their processed tensors
+    assert fresh._image_cache.nbytes >= decoded
+    assert plain._image_cache.nbytes == 0
+
+
 def test_step_logits_are_generates_raw_logits(model):
     """The forward hook keeps, step for step, the same values generate(output_logits=True) returns."""
     enc = model._encode([model.prompt_text(p) for p in prompts()], [p.image for p in prompts()])
@@ -596,6 +617,29 @@ def test_a_prompt_longer_than_the_context_is_its_own_error_before_any_forward_pa
     assert all("too long" in g.error for g in tight.generate(ok, max_new_tokens=4))
     with pytest.raises(UsageError, match="max_prompt_tokens"):
         HFModel.from_pretrained(str(tiny_ckpt), device="cpu", max_prompt_tokens=0)
+
+
+def test_prompt_lengths_come_from_the_batchs_own_encoding(tiny_ckpt, monkeypatch):
+    """The length check reads the processor's encoding of the batch: a prompt within the limit is
+    not tokenized a second time; one over it (by its expanded encoding) is counted exactly, alone."""
+    model = HFModel.from_pretrained(str(tiny_ckpt), device="cpu")
+    limit = model.model.config.get_text_config().max_position_embeddings
+    counted = []
+    tokenizer = type(model.tokenizer)
+    call = tokenizer.__call__
+
+    def spy(self, text=None, *args, **kwargs):
+        if isinstance(text, str):  # the processor tokenizes a batch, a list of texts
+            counted.append(text)
+        return call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "__call__", spy)
+    assert all(g.error is None for g in model.generate(prompts(), max_new_tokens=4))
+    assert counted == []
+    long = Prompt("long", "base", "Where is it? " * limit + "\nA. left\nB. right", None, ("l", "r"), "A")
+    out = model.generate([prompts()[0], long], max_new_tokens=4)
+    assert out[0].error is None and "too long" in out[1].error
+    assert counted == [model.prompt_text(long)]
 
 
 def test_two_images_reach_the_tiny_model_in_order():

@@ -26,6 +26,7 @@ import torch
 
 from vlmstress.errors import UsageError
 from vlmstress.models.base import Generation, chat_messages
+from vlmstress.models.image_cache import DEFAULT_BUDGET, ImageCache, caching_processor
 from vlmstress.perturb import Prompt
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,6 @@ _BEFORE_LETTER = " \t\r\n([*"
 # A vocabulary entry whose only ASCII letter is one capital: "B", "ĠB", "▁B", "(B", ">B", "B)". Byte-level
 # and SentencePiece space markers are not ASCII, so they pass; "<0x41>"-style byte tokens do not.
 _LETTER_SHAPED = re.compile(r"[^A-Za-z]*([A-Z])[^A-Za-z]*")
-
-
-def _load_images(prompt: Prompt) -> list:
-    """The prompt's images decoded, in order (none for a text-only prompt)."""
-    from vlmstress.data.images import load_images
-
-    return load_images(prompt.images) if prompt.image is not None else []
 
 
 def _row_images(row: Any) -> list:
@@ -162,6 +156,8 @@ class HFModel:
     # Caches: letter-token families by (token id, letter, option letters); forced-scoring plans by letters.
     _families: dict[tuple, dict[str, int] | None] = field(default_factory=dict, repr=False)
     _forced_plans: dict[tuple, tuple[str, dict[str, int]] | None] = field(default_factory=dict, repr=False)
+    # Bytes of decoded and processed images kept for a sample's other prompts (image_cache.py); 0: none.
+    image_cache_bytes: int = DEFAULT_BUDGET
 
     @classmethod
     def from_pretrained(
@@ -238,19 +234,18 @@ class HFModel:
         if flat:
             kwargs["images"] = flat
         # Pixel values follow the model's dtype (a bfloat16 model gets bfloat16 pixels); ids stay integers.
-        return self.processor(**kwargs).to(device=self.model.device, dtype=self.model.dtype)
+        return self._caching_processor(**kwargs).to(device=self.model.device, dtype=self.model.dtype)
 
     def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[Generation]:
         results: list[Generation | None] = [None] * len(prompts)
         rows, texts, images = [], [], []
         for i, p in enumerate(prompts):
             text = self.prompt_text(p)
-            too_long = self._too_long(text)
-            if too_long:
-                results[i] = Generation(text="", error=too_long)
+            if self._beyond_length_bound(text):  # refused before its images are even decoded
+                results[i] = Generation(text="", error=self._too_long(text))
                 continue
             try:
-                images.append(_load_images(p))
+                images.append(self._image_cache.images(p.images) if p.image is not None else [])
             except ValueError as e:
                 results[i] = Generation(text="", error=f"image: {e}")
                 continue
@@ -260,6 +255,15 @@ class HFModel:
         for i, gen in zip(rows, gens, strict=True):
             results[i] = gen
         return results  # type: ignore[return-value]
+
+    @cached_property
+    def _image_cache(self) -> ImageCache:
+        return ImageCache(self.image_cache_bytes)
+
+    @cached_property
+    def _caching_processor(self) -> Any:
+        """The processor, its image processor answering from `_image_cache` (`processor` untouched)."""
+        return caching_processor(self.processor, self._image_cache)
 
     @cached_property
     def context_limit(self) -> int | None:
@@ -276,18 +280,29 @@ class HFModel:
     def _longest_token(self) -> int:
         return max((len(t) for t in self._vocab), default=1) or 1
 
-    def _too_long(self, text: str) -> str | None:
+    def _beyond_length_bound(self, text: str) -> bool:
+        """Whether `text` is too long by its length alone: no token writes more characters than the
+        longest vocabulary entry, so a text longer than limit x that cannot fit (a 1 MB question is
+        refused without tokenizing it)."""
+        limit = self.context_limit
+        return limit is not None and len(text) > limit * self._longest_token
+
+    def _too_long(self, text: str, encoded: int | None = None) -> str | None:
         """The error of a prompt longer than `context_limit`, or None. Checked before any forward pass:
         a batch pads to its longest prompt, so one huge question would make the whole batch ask for
         its attention matrices (hundreds of GB) instead of failing alone. The count is of the text
-        (an image placeholder counts once), a lower bound of what the model sees."""
+        (an image placeholder counts once), a lower bound of what the model sees.
+
+        `encoded`: the prompt's length as the processor tokenised it (placeholders expanded), which
+        is at least the text's count, so a prompt within the limit there needs no count of its own.
+        """
         limit = self.context_limit
         if limit is None:
             return None
-        # No token writes more characters than the longest vocabulary entry has, so a text longer
-        # than limit x that cannot fit: a 1 MB question is refused without tokenizing it.
-        if len(text) > limit * self._longest_token:
+        if self._beyond_length_bound(text):
             count = f"more than {limit}"
+        elif encoded is not None and encoded <= limit:
+            return None
         else:
             n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             if n <= limit:
@@ -322,6 +337,20 @@ class HFModel:
     @torch.no_grad()
     def _generate_batch(self, prompts, texts, images, max_new_tokens) -> list[Generation]:
         enc = self._encode(texts, images)
+        # The prompts' lengths are read from the batch's own encoding (no second tokenizer pass);
+        # a prompt too long fails alone and the others are encoded again without it.
+        lengths = enc["attention_mask"].sum(-1).tolist() if "attention_mask" in enc else [None] * len(texts)
+        too_long = [self._too_long(t, encoded=n) for t, n in zip(texts, lengths, strict=True)]
+        if any(too_long):
+            keep = [b for b, error in enumerate(too_long) if error is None]
+            rest = iter(
+                self._generate_batch(
+                    *([xs[b] for b in keep] for xs in (prompts, texts, images)), max_new_tokens
+                )
+                if keep
+                else []
+            )
+            return [Generation(text="", error=error) if error else next(rest) for error in too_long]
         columns = self._letter_columns({ltr for p in prompts for ltr in p.option_letters})
         with _StepLogits(self.model, list(columns)) as steps:
             out = self.model.generate(
