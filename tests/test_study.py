@@ -418,3 +418,25 @@ def test_retrain_and_no_train_together_are_one_usage_line(capsys):
     assert main(["demo", "--retrain", "--no-train", "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--retrain" in err[0] and "--no-train" in err[0]
+
+
+def test_the_default_study_uses_the_shipped_arms():
+    """The package ships every arm and seed of the default study, trained from the shipped SFT weights
+    with the default settings, so a default `vlmstress demo` evaluates them instead of training for
+    hours. A change to the defaults, configs/grpo-tiny.yaml, GRPORunConfig's fields or the SFT weights
+    fails here: retrain (`vlmstress demo --retrain`) and re-ship (scripts/ship_arms.py)."""
+    import torch
+    from safetensors.torch import load_file
+
+    base = study.base_config(StudySettings(out=Path("unused")))
+    digest = study.weights_digest("tiny")
+    for seed in study.DEFAULT_SEEDS:
+        for arm in ARMS:
+            cfg = study.arm_config(base, arm)
+            folder = study.shipped_arm(study.SHIPPED_ARMS, arm.name, cfg, seed, digest)
+            assert folder is not None, f"no shipped {arm.name} arm for seed {seed} matches the default study"
+            weights = load_file(folder / "final" / "model.safetensors")
+            assert {v.dtype for v in weights.values()} == {torch.float16}
+            rows = (folder / "dynamics.jsonl").read_text().splitlines()
+            steps, every = study.DEFAULT_GRPO_STEPS, study.DEFAULT_GRPO_STEPS // study.DYNAMICS_POINTS
+            assert {json.loads(line)["step"] for line in rows} == set(range(0, steps + 1, every))
