@@ -90,27 +90,41 @@ def test_eval_end_to_end_on_tiny_checkpoint(tiny_ckpt, tmp_path):
 
 
 def test_demo_no_train_prints_the_study_table(tmp_path, capsys):
-    """`demo --no-train` on a fresh folder: the SFT model's row (all 9 variants), study.md, the report."""
+    """`demo --no-train` on a fresh folder: nothing is trained; the SFT model and the GRPO arms the
+    package ships (the default study's) are evaluated under all 9 variants; study.md says the arms
+    are the shipped checkpoints; the report is written."""
+    from vlmstress.study import ARMS, DEFAULT_SEEDS
+
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--n", "3", "--no-train"]) == 0
     printed = capsys.readouterr().out
     table = (out / "study.md").read_text()
     assert table in printed and f"HTML report: {out / 'report.html'}" in printed
+    assert "the arms are the shipped checkpoints" in table
     lines = table.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))  # the first table
-    assert rows[0].startswith("| model | seeds | base acc % |") and len(rows) == 3  # header, rule, sft
-    assert "## Findings" in table  # each finding's row, even where no arm was trained
+    assert rows[0].startswith("| model | seeds | base acc % |") and len(rows) == 3 + len(ARMS)
+    assert "## Findings" in table
     assert rows[2].startswith("| sft | – |") and len(rows[2].split("|")) == len(rows[0].split("|"))
+    seeds = ",".join(map(str, DEFAULT_SEEDS))
+    assert [r.split("|")[1:3] for r in rows[3:]] == [[f" {a.name} ", f" {seeds} "] for a in ARMS]
     metrics = json.loads((out / "eval" / "sft" / "metrics.json").read_text())
     assert metrics["model"] == "tiny" and metrics["n_samples"] == 3 and len(metrics["variants"]) == 9
-    assert (out / "report.html").is_file() and not (out / "train").exists()
+    assert (out / "report.html").is_file()
+    for arm in ARMS:
+        for seed in DEFAULT_SEEDS:
+            run = out / "train" / arm.name / f"seed-{seed}"
+            assert json.loads((run / "trained.json").read_text())["source"] == "shipped"
+            assert not list(run.glob("checkpoint-*"))  # installed, not trained
+            assert f"GRPO arm {arm.name}, seed {seed}: the shipped checkpoint" in printed
     assert f"evaluating tiny on synth:3 (9 variants) -> {out / 'eval' / 'sft'}" in printed
     assert re.search(r"^total time \d+:\d\d$", printed.splitlines()[-1])
-    # a rerun names the run it reuses instead of evaluating it again
+    # a rerun names the runs it reuses instead of evaluating them again
     assert main(["demo", "--out", str(out), "--n", "3", "--no-train"]) == 0
     again = capsys.readouterr().out
     assert f"reusing {out / 'eval' / 'sft'}: all 27 records of tiny already done" in again
+    assert "reusing GRPO arm plain, seed 0: the shipped checkpoint" in again
     assert "evaluating" not in again and again.splitlines()[-1].startswith("total time ")
 
 
