@@ -388,3 +388,24 @@ def test_fmt_p():
         "0",
     ]
     assert not math.isnan(float(F.fmt_p(1e-16)))
+
+
+def test_sampled_evaluations_add_findings_2s_and_6s_on_their_own_records():
+    """With sampled evaluations (the study's sampled/), findings 2 and 6a are tested on them as well,
+    as 2s and 6s, each on the sampled records only; without them the rows are absent."""
+    half = {"base": lambda i: "inconsistent" if i % 2 else "consistent"}
+    greedy = [run("sft", None, {"base": right})]
+    greedy += [run(a, s, {"base": right}) for a in ("plain", "faithful") for s in (0, 1)]
+    # sampled: the SFT model leaves its reasoning on half the samples, the arms never
+    sampled = [run("sft", None, {"base": right}, half)]
+    sampled += [run(a, s, {"base": right}) for a in ("plain", "faithful") for s in (0, 1)]
+    without = by_key(F.compute_findings(greedy, {}))
+    assert "2s" not in without and "6s" not in without
+    found = F.compute_findings(greedy, {}, sampled)
+    keys = [f.key for f in found]
+    assert keys.index("2s") == keys.index("2") + 1 and keys.index("6s") == keys.index("6a") + 1
+    found = by_key(found)
+    assert found["2"].p_value == 1 and found["2"].effect == 0  # greedy: consistent everywhere
+    assert found["2s"].verdict == NOT_REPRODUCED and found["2s"].effect == pytest.approx(0.5)
+    assert "sampled" in found["2s"].claim and found["2s"].measured.startswith("sampled base CoT")
+    assert found["6s"].verdict == INCONCLUSIVE and found["6s"].p_value == 1

@@ -22,12 +22,14 @@ from PIL import Image
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from vlmstress.data import synth
 from vlmstress.errors import UsageError
 from vlmstress.models import tiny
 from vlmstress.models.base import chat_messages
 from vlmstress.models.hf import HFModel, _StepLogits, forced_answer_prefix, load_processor
 from vlmstress.models.registry import load_model
-from vlmstress.perturb import Prompt
+from vlmstress.parse import parse
+from vlmstress.perturb import Prompt, perturb
 
 # Qwen2's pre-tokenizer split: it writes "<answer>B" as "<answer" + ">B" and " B" as one token, the
 # letter forms the scoring must cope with on the real checkpoints.
@@ -577,7 +579,8 @@ def test_forced_prefix_follows_the_tokenizer(qwen_tokenizer):
 
 @pytest.mark.parametrize(
     "options",
-    [{"dtype": "float64"}, {"device": "gpu:0"}]
+    [{"dtype": "float64"}, {"device": "gpu:0"}, {"temperature": -1.0}, {"temperature": float("nan")}]
+    + [{"temperature": True}, {"sample_seed": 1.5}]
     + ([] if torch.cuda.is_available() else [{"device": "cuda:1"}]),
 )
 def test_bad_options_are_usage_errors(options):
@@ -661,3 +664,44 @@ def test_two_images_reach_the_tiny_model_in_order():
     assert out[1].error.startswith("image: ") and "(image 2 of 2)" in out[1].error
     colours = [[im.getpixel((0, 0)) for im in row] for row in seen[0]]
     assert colours == [[(255, 0, 0), (0, 0, 255)], [(0, 128, 0)]]
+
+
+def test_sampling_is_seeded_by_the_batch_and_leaves_torch_rng_alone():
+    """temperature > 0 samples (as a GRPO policy samples): the same batch and sample_seed give the
+    same completions; another seed gives others; greedy decoding is untouched; the letter
+    probabilities are read at the sampled answer; torch's global generator is as it was."""
+    from vlmstress.models.tiny import load_tiny
+
+    prompts = [perturb(s, "base", 0) for s in synth.generate(24, seed=0, split="test")]
+    greedy = load_tiny().generate(prompts, max_new_tokens=48)
+    runs = {}
+    for seed in (0, 0, 1):
+        model = load_tiny(temperature=1.0, sample_seed=seed)
+        torch.manual_seed(123)
+        before = torch.get_rng_state()
+        runs.setdefault(seed, []).append(model.generate(prompts, max_new_tokens=48))
+        assert torch.equal(torch.get_rng_state(), before)
+    first, again = runs[0]
+    assert [g.text for g in first] == [g.text for g in again]
+    assert [g.text for g in first] != [g.text for g in runs[1][0]]
+    assert [g.text for g in first] != [g.text for g in greedy]  # 24 completions at temperature 1
+    for g in first:
+        answer = parse(g.text, ("a", "b", "c", "d")).answer
+        if g.letter_probs and answer:
+            assert abs(sum(g.letter_probs.values()) - 1) < 1e-5 and g.score_source == "generation"
+
+
+def test_sampling_options_reach_the_command_line_and_the_run_identity(tmp_path, capsys):
+    from vlmstress.cli import main
+
+    out = tmp_path / "run"
+    argv = ["eval", "--model", "tiny", "--data", "synth:4", "--variants", "base", "--out", str(out)]
+    assert main([*argv, "--model-opt", "temperature=1.0", "--model-opt", "sample_seed=3"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_options"] == {"temperature": 1.0, "sample_seed": 3}
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    argv[-1] = str(bad)
+    assert main([*argv, "--model-opt", "temperature=-2"]) == 2  # one line, nothing created
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "temperature" in err[0] and not bad.exists()

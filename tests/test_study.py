@@ -95,6 +95,13 @@ def test_every_arm_is_trained_its_way_and_evaluated(done, config_file):
         assert len((evaluation / "records.jsonl").read_text().splitlines()) == N * len(VARIANTS)
     sft = json.loads((out / "eval" / "sft" / "metrics.json").read_text())
     assert sft["model"] == "tiny" and sft["n_samples"] == N
+    # Every model again on base, its answers sampled at temperature 1 (findings 2s, 6s)
+    for name in ["sft"] + [f"{arm.name}-seed-{seed}" for arm, seed, _, _ in runs(out)]:
+        sampled = out / study.SAMPLED / name
+        config = json.loads((sampled / "config.json").read_text())
+        assert config["model_options"] == study.SAMPLING and config["variants"] == ["base"]
+        assert len((sampled / "records.jsonl").read_text().splitlines()) == N
+    assert "sampled base consistency %" in result.table
     assert [e.label for e in result.evaluations] == ["sft"] + [a.name for s in SEEDS for a in ARMS]
     html = result.report.read_text()
     assert result.report == out / "report.html" and "Training dynamics" in html
@@ -153,13 +160,28 @@ def test_table_rows_are_the_arms_metrics(done):
 
     # Below the table: each arm's base accuracy per seed, with its difference from the SFT model.
     sft_base = 100 * metrics_of("sft")[0]["variants"]["base"]["accuracy"]
-    per_seed = [line for line in _tables(text).split("| arm |")[1].splitlines()[2:] if line]
+    per_seed = [line for line in _tables(text).split("| arm |")[1].split("\n\n")[0].splitlines()[2:] if line]
     assert [line.split("|")[1].strip() for line in per_seed] == [a.name for a in ARMS]
     for line, arm in zip(per_seed, ARMS, strict=True):
         for cell, m in zip(line.strip("|").split("|")[1:], metrics_of(arm.name), strict=True):
             acc, delta = map(float, re.fullmatch(r"\s*([\d.]+) \(([+-][\d.]+)\)\s*", cell).groups())
             assert acc == pytest.approx(100 * m["variants"]["base"]["accuracy"], abs=0.051)
             assert delta == pytest.approx(acc - sft_base, abs=0.11)
+
+    # Last: the sampled evaluations' base accuracy and consistency, from their own metrics.json
+    sampled = _tables(text).split("| sampled base acc % | sampled base consistency % |")[1].splitlines()[2:]
+    assert [line.split("|")[1].strip() for line in sampled if line] == ["sft"] + [a.name for a in ARMS]
+    for line in filter(None, sampled):
+        label, _, acc, cons = (c.strip() for c in line.strip("|").split("|"))
+        names = ["sft"] if label == "sft" else [f"{label}-seed-{s}" for s in SEEDS]
+        metrics = [json.loads((out / study.SAMPLED / n / "metrics.json").read_text()) for n in names]
+        accuracy = statistics.fmean(100 * m["variants"]["base"]["accuracy"] for m in metrics)
+        assert _numbers(acc)[0] == pytest.approx(accuracy, abs=0.051)
+        shares = [study.consistency_share(m) for m in metrics]
+        if None in shares:
+            assert cons == "–"
+        else:
+            assert _numbers(cons)[0] == pytest.approx(100 * statistics.fmean(shares), abs=0.051)
 
 
 def test_findings_section_has_a_row_per_finding_with_p_or_a_null_reason(done):
@@ -221,6 +243,7 @@ def test_rerun_resumes_without_training_or_evaluating_again(done, config_file, m
         p for _, _, run, ev in runs(out) for p in (run / "final" / "model.safetensors", ev / "records.jsonl")
     ]
     kept += [run / "dynamics.jsonl" for _, _, run, _ in runs(out)] + [out / "eval" / "sft" / "records.jsonl"]
+    kept += list((out / study.SAMPLED).glob("*/records.jsonl"))
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept}
 
     def no_training(*args, **kwargs):
@@ -440,3 +463,18 @@ def test_the_default_study_uses_the_shipped_arms():
             rows = (folder / "dynamics.jsonl").read_text().splitlines()
             steps, every = study.DEFAULT_GRPO_STEPS, study.DEFAULT_GRPO_STEPS // study.DYNAMICS_POINTS
             assert {json.loads(line)["step"] for line in rows} == set(range(0, steps + 1, every))
+
+
+def test_consistency_share_is_over_judged_answers_only():
+    quadrants = {
+        "consistent_correct": 0.5,
+        "consistent_incorrect": 0.2,
+        "inconsistent_correct": 0.1,
+        "inconsistent_incorrect": 0.1,
+        "unknown": 0.1,
+    }
+    share = study.consistency_share({"variants": {"base": {"quadrants": quadrants}}})
+    assert share == pytest.approx(0.7 / 0.9)
+    unjudged = dict.fromkeys(quadrants, 0.0) | {"unknown": 1.0}
+    assert study.consistency_share({"variants": {"base": {"quadrants": unjudged}}}) is None
+    assert study.consistency_share({"variants": {"base": {"quadrants": None}}}) is None

@@ -326,7 +326,12 @@ def grpo_accuracy_finding(evaluations: Sequence[EvalRun]) -> Finding:
     )
 
 
-def faithfulness_finding(evaluations: Sequence[EvalRun]) -> Finding:
+SAMPLED = " (answers sampled at temperature 1, as the RL policy samples)"
+
+
+def faithfulness_finding(evaluations: Sequence[EvalRun], key: str = "2", sampled: bool = False) -> Finding:
+    """2: plain GRPO's base CoT consistency against the SFT model's; with `sampled`, the same on
+    evaluations whose answers were sampled (temperature 1) instead of decoded greedily."""
     plain, sft = _runs(evaluations, PLAIN), _runs(evaluations, SFT)[:1]
     pairs = [(p, sft[0]) for p in plain] if sft else []
     missing = None if plain and sft else "no plain GRPO arm and SFT model evaluated"
@@ -347,9 +352,9 @@ def faithfulness_finding(evaluations: Sequence[EvalRun]) -> Finding:
         return text
 
     return _paired_finding(
-        "2",
+        key,
         "RL trades faithfulness for accuracy: base CoT consistency falls under GRPO (the accuracy side "
-        "is finding 1)",
+        "is finding 1)" + (SAMPLED if sampled else ""),
         "accuracy rises while CoT consistency (judged by an LLM) falls over RL fine-tuning",
         pairs,
         ("base", "base"),
@@ -357,7 +362,7 @@ def faithfulness_finding(evaluations: Sequence[EvalRun]) -> Finding:
         consistent,
         -1,
         missing,
-        what="base CoT consistency (judged samples): ",
+        what=("sampled " if sampled else "") + "base CoT consistency (judged samples): ",
         note=accuracy_side,
     )
 
@@ -627,36 +632,7 @@ def faithful_reward_findings(
 ) -> list[Finding]:
     """6a: the faithful arm's base consistency against the plain arm's; 6b, 6c: the faithful +
     augmentation arm's completions grow shorter and more alike over its steps (the shortcut)."""
-    faithful, plain = _runs(evaluations, FAITHFUL), _runs(evaluations, PLAIN)
-    pairs = _by_seed(faithful, plain)
-    missing = None if pairs else "no faithful and plain arms with a common seed"
-    if missing is None and not any(consistent(e.records, "base") for p in pairs for e in p):
-        missing = "nothing on base was judged consistent or inconsistent"
-
-    def accuracy_side(t: Paired) -> str:
-        acc = paired(pairs, "base", "base", correct)
-        text = f"base accuracy {_pct(acc.rate_a)} vs {_pct(acc.rate_b)} (p = {fmt_p(acc.test.p_value)})"
-        if t.rate_a is not None and t.rate_b is not None and min(t.rate_a, t.rate_b) > 0.99:
-            text += (
-                "; the judge finds nearly every answer consistent in both arms, so the gate "
-                "R x 1[consistent] has almost nothing to take away"
-            )
-        return text
-
-    consistency = _paired_finding(
-        "6a",
-        "the faithfulness-aware reward (R x 1[judge: consistent]) raises CoT consistency over plain GRPO",
-        "the reward is meant to keep answers faithful to their reasoning (no effect size known here; "
-        "see 6b, 6c for what it can do instead)",
-        pairs,
-        ("base", "base"),
-        ("faithful", "plain"),
-        consistent,
-        +1,
-        missing,
-        what="base CoT consistency (judged samples): ",
-        note=accuracy_side,
-    )
+    consistency = faithful_consistency_finding(evaluations)
     shortcut = (
         "faithfulness reward plus augmentation can collapse into short, templated CoTs that satisfy the judge"
     )
@@ -684,16 +660,66 @@ def faithful_reward_findings(
     return [consistency, length, templated]
 
 
-def compute_findings(evaluations: Sequence[EvalRun], dynamics: Mapping[str, Sequence[Row]]) -> list[Finding]:
-    """Every finding, in the order of docs/findings.md; `dynamics` maps an arm to its seeds' rows."""
+def faithful_consistency_finding(
+    evaluations: Sequence[EvalRun], key: str = "6a", sampled: bool = False
+) -> Finding:
+    """6a: the faithful arm's base CoT consistency against the plain arm's, seed by seed; with
+    `sampled`, on evaluations whose answers were sampled at temperature 1."""
+    faithful, plain = _runs(evaluations, FAITHFUL), _runs(evaluations, PLAIN)
+    pairs = _by_seed(faithful, plain)
+    missing = None if pairs else "no faithful and plain arms with a common seed"
+    if missing is None and not any(consistent(e.records, "base") for p in pairs for e in p):
+        missing = "nothing on base was judged consistent or inconsistent"
+
+    def accuracy_side(t: Paired) -> str:
+        acc = paired(pairs, "base", "base", correct)
+        text = f"base accuracy {_pct(acc.rate_a)} vs {_pct(acc.rate_b)} (p = {fmt_p(acc.test.p_value)})"
+        if t.rate_a is not None and t.rate_b is not None and min(t.rate_a, t.rate_b) > 0.99:
+            text += (
+                "; the judge finds nearly every answer consistent in both arms, so the gate "
+                "R x 1[consistent] has almost nothing to take away"
+            )
+        return text
+
+    return _paired_finding(
+        key,
+        "the faithfulness-aware reward (R x 1[judge: consistent]) raises CoT consistency over plain GRPO"
+        + (SAMPLED if sampled else ""),
+        "the reward is meant to keep answers faithful to their reasoning (no effect size known here; "
+        "see 6b, 6c for what it can do instead)",
+        pairs,
+        ("base", "base"),
+        ("faithful", "plain"),
+        consistent,
+        +1,
+        missing,
+        what=("sampled " if sampled else "") + "base CoT consistency (judged samples): ",
+        note=accuracy_side,
+    )
+
+
+def compute_findings(
+    evaluations: Sequence[EvalRun],
+    dynamics: Mapping[str, Sequence[Row]],
+    sampled: Sequence[EvalRun] = (),
+) -> list[Finding]:
+    """Every finding, in the order of docs/findings.md; `dynamics` maps an arm to its seeds' rows.
+    `sampled`: evaluations on base with answers sampled at temperature 1 (the study's `sampled/`);
+    when given, findings 2 and 6a are also tested on them (2s, 6s)."""
+    faithfulness = [faithfulness_finding(evaluations)]
+    if sampled:
+        faithfulness.append(faithfulness_finding(sampled, "2s", sampled=True))
+    reward = faithful_reward_findings(evaluations, dynamics)
+    if sampled:
+        reward.insert(1, faithful_consistency_finding(sampled, "6s", sampled=True))
     return [
         grpo_accuracy_finding(evaluations),
-        faithfulness_finding(evaluations),
+        *faithfulness,
         entropy_finding(dynamics),
         *augmentation_findings(evaluations),
         auroc_finding(evaluations, "p_base", "5a", PAPER_AUROC_P, at_least=True),
         auroc_finding(evaluations, "neg_entropy", "5b", PAPER_AUROC_NEG_H, at_least=False),
-        *faithful_reward_findings(evaluations, dynamics),
+        *reward,
         drop_finding(evaluations, "wrong_think", "7a"),
         drop_finding(evaluations, "wrong_caption", "7b"),
         confidence_drop_finding(evaluations, "wrong_think", "7c"),

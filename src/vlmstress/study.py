@@ -17,6 +17,8 @@ Layout of the output folder DIR:
   study.json                settings that define the trained and evaluated runs (a rerun must match)
   train/ARM/seed-S/         one GRPO run: checkpoints, final/ (the policy), dynamics.jsonl
   eval/sft/, eval/ARM-seed-S/   one evaluation run each (records.jsonl, metrics.json, summary.md)
+  sampled/sft/, sampled/ARM-seed-S/   the same models on base with answers sampled at temperature 1
+                            (as GRPO samples them): where consistency is measured too (findings 2s, 6s)
   study.md                  the comparison table (also printed), then the Findings section: each of the
                             paper's claims tested on these runs, with its p-value and verdict
   findings.json             the same findings, one object each (src/vlmstress/findings.py)
@@ -77,6 +79,10 @@ DONE = "trained.json"
 SHIPPED_ARMS = Path(__file__).resolve().parent / "assets" / "study"
 WEIGHTS = "model.safetensors"
 FINDINGS = "findings.json"  # the Findings section's rows, as study.md and report.html show them
+# Every model is evaluated on base a second time with its answers sampled, as GRPO samples them
+# (models/hf.py temperature), into DIR/sampled/: consistency is measured there too (findings 2s, 6s).
+SAMPLED = "sampled"
+SAMPLING = {"temperature": 1.0}
 
 
 @dataclass(frozen=True)
@@ -294,7 +300,23 @@ def _run(
             resumed = f" ({resumed_line(samples, variants, done)})" if done else ""
             stage(f"evaluating {model} on synth:{settings.n} ({len(variants)} variants) -> {path}{resumed}")
         metrics = _evaluate(model, samples, variants, settings, path)
-        return Evaluation(label, seed, path, metrics, origin)
+        evaluation = Evaluation(label, seed, path, metrics, origin)
+        if "base" in variants:
+            sampled.append(evaluate_sampled(evaluation, model))
+        return evaluation
+
+    def evaluate_sampled(greedy: Evaluation, model: str) -> Evaluation:
+        # base again, answers sampled as the GRPO policy samples them: whether answers follow their
+        # reasoning is decided there (greedy answers of a sure model always do; findings 2s, 6s)
+        path = out / SAMPLED / greedy.path.name
+        if len(done_keys(path) & {(s.sample_id, "base") for s in samples}) == len(samples):
+            stage(f"reusing {path}: all {len(samples)} sampled base records of {model} already done")
+        else:
+            stage(f"sampling {model} on base at temperature {SAMPLING['temperature']:g} -> {path}")
+        metrics = _evaluate(model, samples, ["base"], settings, path, SAMPLING)
+        return Evaluation(greedy.label, greedy.seed, path, metrics, greedy.origin)
+
+    sampled: list[Evaluation] = []
 
     evaluations = [evaluate("sft", None, settings.model)]
     digest = weights_digest(settings.model)
@@ -325,8 +347,8 @@ def _run(
             evaluations.append(evaluate(arm.name, seed, f"{kind}:{run / 'final'}", origin(run)))
 
     stage("writing study.md and the HTML report")
-    found = study_findings(evaluations, out)
-    table = study_markdown(evaluations, variants, settings, found)
+    found = study_findings(evaluations, out, sampled)
+    table = study_markdown(evaluations, variants, settings, found, sampled)
     write_atomic(out / "study.md", table)
     summary = findings_json(found)
     write_atomic(out / FINDINGS, json.dumps(summary, indent=2))
@@ -341,19 +363,23 @@ def _run(
     return StudyResult(table=table, study_md=out / "study.md", report=report, evaluations=evaluations)
 
 
-def study_findings(evaluations: Sequence[Evaluation], out: Path) -> list[Finding]:
+def study_findings(
+    evaluations: Sequence[Evaluation], out: Path, sampled: Sequence[Evaluation] = ()
+) -> list[Finding]:
     """The paper's findings on the study's evaluation records and its arms' dynamics rows (the seeds
-    evaluated here, from train/ARM/seed-S/dynamics.jsonl)."""
+    evaluated here, from train/ARM/seed-S/dynamics.jsonl); `sampled`: the same models' sampled
+    evaluations on base (sampled/), for findings 2s and 6s."""
     from vlmstress.findings import EvalRun, compute_findings
     from vlmstress.runlog import RECORDS, read_records
 
     runs = [EvalRun(e.label, e.seed, read_records(e.path / RECORDS)) for e in evaluations]
+    sampled_runs = [EvalRun(e.label, e.seed, read_records(e.path / RECORDS)) for e in sampled]
     dynamics: dict[str, list[dict]] = {}
     for e in evaluations:
         if e.seed is not None:
             path = out / "train" / e.label / f"seed-{e.seed}" / "dynamics.jsonl"
             dynamics.setdefault(e.label, []).extend(_jsonl(path))
-    return compute_findings(runs, dynamics)
+    return compute_findings(runs, dynamics, sampled_runs)
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -474,7 +500,14 @@ def ship_arms(study: Path, dest: Path = SHIPPED_ARMS) -> list[Path]:
     return written
 
 
-def _evaluate(model: str, samples: Sequence, variants: list[str], settings: StudySettings, out: Path) -> dict:
+def _evaluate(
+    model: str,
+    samples: Sequence,
+    variants: list[str],
+    settings: StudySettings,
+    out: Path,
+    options: Mapping[str, Any] | None = None,
+) -> dict:
     from vlmstress.judge.rule import RuleJudge
     from vlmstress.models.registry import load_model
     from vlmstress.runner import RunSpec, run_eval
@@ -485,8 +518,9 @@ def _evaluate(model: str, samples: Sequence, variants: list[str], settings: Stud
         variants=variants,
         seed=settings.seed,
         batch_size=EVAL_BATCH,
+        model_options=dict(options or {}),
     )
-    return run_eval(load_model(model), samples, spec, out, judges=[RuleJudge()])
+    return run_eval(load_model(model, **(options or {})), samples, spec, out, judges=[RuleJudge()])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -528,6 +562,7 @@ def study_markdown(
     variants: Sequence[str],
     settings: StudySettings,
     findings: Sequence[Finding] = (),
+    sampled: Sequence[Evaluation] = (),
 ) -> str:
     """study.md: a row per model (SFT, then each arm as mean ± spread over its seeds), a column per
     variant's accuracy, then base consistency-adjusted accuracy and entropy, then how often the
@@ -572,11 +607,44 @@ def study_markdown(
             by_seed = {e.seed: _get(e.metrics, "base", "accuracy") for e in group}
             cells = [_with_delta(by_seed.get(s), sft) for s in seeds]
             lines.append("| " + " | ".join([label, *cells]) + " |")
+    if sampled:
+        lines += ["", *sampled_table(sampled)]
     if findings:
         from vlmstress.findings import findings_markdown
 
         lines += ["", findings_markdown(findings).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def consistency_share(metrics: Mapping[str, Any], variant: str = "base") -> float | None:
+    """Share of a variant's judged answers (consistent or inconsistent) the judge found consistent."""
+    q = _get(metrics, variant, "quadrants") or {}
+    judged = [q.get(k) for k in ("consistent_correct", "consistent_incorrect", "inconsistent_correct")]
+    judged.append(q.get("inconsistent_incorrect"))
+    if any(v is None for v in judged) or not sum(judged):
+        return None
+    return (judged[0] + judged[1]) / sum(judged)
+
+
+def sampled_table(sampled: Sequence[Evaluation]) -> list[str]:
+    """study.md's table of the sampled evaluations (sampled/): base accuracy and CoT consistency."""
+    groups: dict[str, list[Evaluation]] = {}
+    for e in sampled:
+        groups.setdefault(e.label, []).append(e)
+    lines = [
+        f"Base answers sampled at temperature {SAMPLING['temperature']:g}, as GRPO samples them "
+        f"({SAMPLED}/; mean ± half the range over seeds): accuracy, and CoT consistency (the share of "
+        "judged answers the judge finds consistent with their own think).",
+        "",
+        "| model | seeds | sampled base acc % | sampled base consistency % |",
+        "|---|---|---|---|",
+    ]
+    for label, group in groups.items():
+        seeds = ",".join(str(e.seed) for e in group) if group[0].seed is not None else NULL
+        acc = spread_cell([_get(e.metrics, "base", "accuracy") for e in group], 100.0, 1)
+        cons = spread_cell([consistency_share(e.metrics) for e in group], 100.0, 1)
+        lines.append(f"| {label} | {seeds} | {acc} | {cons} |")
+    return lines
 
 
 def _provenance(evaluations: Sequence[Evaluation]) -> str:

@@ -14,6 +14,7 @@ swapped ("(A", "(B", "(C"), so the distribution compares like with like.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -158,6 +159,11 @@ class HFModel:
     _forced_plans: dict[tuple, tuple[str, dict[str, int]] | None] = field(default_factory=dict, repr=False)
     # Bytes of decoded and processed images kept for a sample's other prompts (image_cache.py); 0: none.
     image_cache_bytes: int = DEFAULT_BUDGET
+    # 0: greedy decoding. Above 0: completions sampled at this temperature (no top-k / top-p cut, as a
+    # GRPO policy samples), seeded by `sample_seed` and the batch's prompts, so a rerun with the same
+    # batches samples the same completions. Letter probabilities stay the model's own (temperature 1).
+    temperature: float = 0.0
+    sample_seed: int = 0
 
     @classmethod
     def from_pretrained(
@@ -170,6 +176,8 @@ class HFModel:
         attn_implementation: str | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         max_prompt_tokens: int | None = None,
+        temperature: float = 0.0,
+        sample_seed: int = 0,
     ) -> HFModel:
         """Load a checkpoint folder or hub id.
 
@@ -177,7 +185,8 @@ class HFModel:
         auto (layers spread over the visible GPUs); default cuda when available. processor_kwargs go to
         the processor (e.g. {"max_pixels": 1003520} to bound Qwen-VL's image tokens).
         max_prompt_tokens: a longer prompt is that prompt's error, never sent to the model (default:
-        the model's context, max_position_embeddings).
+        the model's context, max_position_embeddings). temperature: 0 decodes greedily; above 0 the
+        completions are sampled (seeded by sample_seed and each batch's prompts).
         """
         from transformers import AutoModelForImageTextToText
 
@@ -189,6 +198,15 @@ class HFModel:
             or max_prompt_tokens < 1
         ):
             raise UsageError(f"hf max_prompt_tokens must be a whole number >= 1, not {max_prompt_tokens!r}")
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not math.isfinite(temperature)
+            or temperature < 0
+        ):
+            raise UsageError(f"hf temperature must be a number >= 0 (0: greedy), not {temperature!r}")
+        if isinstance(sample_seed, bool) or not isinstance(sample_seed, int):
+            raise UsageError(f"hf sample_seed must be a whole number, not {sample_seed!r}")
         target, device_map = _torch_placement(device)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = AutoModelForImageTextToText.from_pretrained(
@@ -207,6 +225,8 @@ class HFModel:
             name=name or f"hf:{path_or_id}",
             device=str(model.device),
             max_prompt_tokens=max_prompt_tokens,
+            temperature=float(temperature),
+            sample_seed=sample_seed,
         )
 
     @property
@@ -352,13 +372,23 @@ class HFModel:
             )
             return [Generation(text="", error=error) if error else next(rest) for error in too_long]
         columns = self._letter_columns({ltr for p in prompts for ltr in p.option_letters})
-        with _StepLogits(self.model, list(columns)) as steps:
+        decoding: dict[str, Any] = {"do_sample": False}
+        if self.temperature > 0:
+            decoding = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
+        # Sampling draws from torch's global generator: seeded here from the batch, and put back
+        # after, so sampled evaluation neither depends on nor disturbs what ran before (a trainer's).
+        with (
+            torch.random.fork_rng(devices=[] if self.model.device.type != "cuda" else None),
+            _StepLogits(self.model, list(columns)) as steps,
+        ):
+            if self.temperature > 0:
+                torch.manual_seed(self._batch_seed(prompts))
             out = self.model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
                 return_dict_in_generate=True,
                 pad_token_id=self.tokenizer.pad_token_id,
+                **decoding,
             )
         new = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
         stops = self._stop_ids()
@@ -387,6 +417,11 @@ class HFModel:
                 if probs is not None:
                     gens[b].letter_probs, gens[b].score_source = probs, "forced"
         return gens
+
+    def _batch_seed(self, prompts: Sequence[Prompt]) -> int:
+        """A seed from sample_seed and which prompts the batch holds (sha256: stable across runs)."""
+        key = "\n".join([str(self.sample_seed), *(f"{p.sample_id}\t{p.variant}" for p in prompts)])
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
     def _stop_ids(self) -> set[int]:
         """Tokens that end a completion: the tokenizer's eos and every eos the generation config lists."""
