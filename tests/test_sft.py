@@ -206,3 +206,19 @@ def test_own_examples_keep_the_models_reasoning_and_supervise_the_true_letter():
         captioned += ex.user.startswith("Caption: ")
     assert wrong > 0  # the shipped model miscounts some of 40 count questions: those are kept
     assert 5 < captioned < 35
+
+
+def test_the_shipped_sft_configs_validate_and_stage_4_starts_from_stage_3():
+    from pathlib import Path
+
+    from vlmstress.train.config import SFTConfig, load_config
+
+    configs = Path(__file__).parent.parent / "configs"
+    stages = {
+        name: load_config(configs / name, SFTConfig) for name in ("sft-tiny.yaml", "sft-tiny-calibrate.yaml")
+    }
+    load_config(configs / "sft-tiny-graded.yaml", SFTConfig)
+    # the recipe runs in two steps: stage 4 starts from the folder stages 1-3 write
+    assert stages["sft-tiny-calibrate.yaml"].init == stages["sft-tiny.yaml"].out
+    calibrate = stages["sft-tiny-calibrate.yaml"]
+    assert calibrate.letter_from_own and "own" in calibrate.curriculum[-1].mix
