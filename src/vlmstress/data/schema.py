@@ -41,8 +41,25 @@ def image_fields(images: tuple[ImageRef, ...] | list[ImageRef]) -> dict[str, Any
     return {"image": images[0] if images else None, "extra_images": tuple(images[1:])}
 
 
+class _Asked:
+    """What a Sample and the Prompt made from it both answer: their images and option letters."""
+
+    image: ImageRef
+    extra_images: tuple[ImageRef, ...]
+    options: tuple[str, ...]
+
+    @property
+    def images(self) -> tuple[ImageRef, ...]:
+        """Every image, in the order the question names them; empty for a text-only one."""
+        return all_images(self.image, self.extra_images)
+
+    @property
+    def option_letters(self) -> list[str]:
+        return letters(len(self.options))
+
+
 @dataclass(frozen=True)
-class Sample:
+class Sample(_Asked):
     """One question about one image, or about several (BLINK, MuirBench, MMIU).
 
     `image` is the first image and `extra_images` the ones after it, in the order the question
@@ -72,15 +89,6 @@ class Sample:
             raise ValueError("extra_images without a first image: pass it as `image`")
 
     @property
-    def images(self) -> tuple[ImageRef, ...]:
-        """Every image of the sample in order; empty for a text-only sample."""
-        return all_images(self.image, self.extra_images)
-
-    @property
-    def option_letters(self) -> list[str]:
-        return letters(len(self.options))
-
-    @property
     def is_open_ended(self) -> bool:
         return not self.options
 
@@ -89,7 +97,7 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class Prompt:
+class Prompt(_Asked):
     """What is asked: the user turn, the image(s), and the assistant prefill the model continues.
 
     As in Sample, `image` is the first image and `extra_images` the rest (a multi-image sample).
@@ -105,15 +113,6 @@ class Prompt:
     prefill: str = ""
     system: str | None = None
     extra_images: tuple[ImageRef, ...] = ()
-
-    @property
-    def images(self) -> tuple[ImageRef, ...]:
-        """Every image, in the order the user turn shows them."""
-        return all_images(self.image, self.extra_images)
-
-    @property
-    def option_letters(self) -> list[str]:
-        return letters(len(self.options))
 
 
 VerdictName = Literal["consistent", "inconsistent", "unknown", "error"]
