@@ -28,7 +28,7 @@ _EXPORTS = {
     "evaluate": "vlmstress.api",
     "EvalResult": "vlmstress.api",
     "train_grpo": "vlmstress.api",
-    "report": "vlmstress.api",
+    "report": "vlmstress.report.build",
     "register_variant": "vlmstress.perturb",
     "register_template": "vlmstress.perturb",
     "register_backend": "vlmstress.models.registry",

@@ -1,5 +1,6 @@
 """The Python API: `evaluate` is `vlmstress eval` called from code, on SPECs or on objects;
-`train_grpo` and `report` are `vlmstress train grpo` and `vlmstress report`.
+`train_grpo` is `vlmstress train grpo` (`report`, `vlmstress report`, lives with the report package,
+in report/build.py).
 
 `prepare_eval` checks everything a caller can get wrong and loads the data; `PreparedEval.run`
 then loads the backends and runs the runner's one engine: over an in-memory log when there is no
@@ -321,22 +322,3 @@ def train_grpo(
     else:
         raise TypeError(f"config must be a GRPORunConfig, a YAML path or a dict, got {config!r}")
     return run(cfg, seed=seed, out=out, log=log)
-
-
-def report(
-    runs: str | Path | Sequence[str | Path],
-    *,
-    html: str | Path | None = None,
-    reference: str | None = None,
-    all_pairs: bool = False,
-) -> Path:
-    """`vlmstress report` from Python: the HTML report (with report.md and report.tex beside it) of
-    one or more run folders (evaluation runs; training folders add their dynamics plots); returns
-    the HTML path. `reference` names the run the others are compared with (default the first),
-    `all_pairs` compares every pair."""
-    from vlmstress.report.build import build_report
-
-    dirs = [Path(runs)] if isinstance(runs, str | Path) else [Path(r) for r in runs]
-    return build_report(
-        dirs, Path(html) if html is not None else None, reference=reference, all_pairs=all_pairs
-    )

@@ -19,12 +19,13 @@ def __getattr__(name: str):
 
 
 class _Package(ModuleType):
-    """`vlmstress.report` is two things: the API's `report()` (docs/api.md) and this package. Once
-    the package is imported (the runner does, for summary.md), the import system binds the name
-    to it, so the package itself calls `report()`: `vlmstress.report(...)` works either way."""
+    """`vlmstress.report` is two things: the API's `report()` (docs/api.md; report/build.py) and
+    this package. Once the package is imported (the runner does, for summary.md), the import system
+    binds the name to it, so the package itself calls `report()`: `vlmstress.report(...)` works
+    either way."""
 
     def __call__(self, *args, **kwargs):
-        from vlmstress.api import report
+        from vlmstress.report.build import report
 
         return report(*args, **kwargs)
 

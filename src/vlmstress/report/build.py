@@ -242,3 +242,20 @@ def build_report(
     write_atomic(out.with_suffix(".tex"), writable(latex_document(tables)))
     step(f"wrote {out} ({len(page.encode('utf-8')) / 1e6:.1f} MB)")
     return out
+
+
+def report(
+    runs: str | Path | Sequence[str | Path],
+    *,
+    html: str | Path | None = None,
+    reference: str | None = None,
+    all_pairs: bool = False,
+) -> Path:
+    """`vlmstress report` from Python: the HTML report (with report.md and report.tex beside it) of
+    one or more run folders (evaluation runs; training folders add their dynamics plots); returns
+    the HTML path. `reference` names the run the others are compared with (default the first),
+    `all_pairs` compares every pair."""
+    dirs = [Path(runs)] if isinstance(runs, str | Path) else [Path(r) for r in runs]
+    return build_report(
+        dirs, Path(html) if html is not None else None, reference=reference, all_pairs=all_pairs
+    )
