@@ -568,9 +568,7 @@ def study_markdown(
     variant's accuracy, then base consistency-adjusted accuracy and entropy, then how often the
     wrong_think / wrong_caption answers followed the misleading letter; then base accuracy per seed;
     then the Findings section, when `findings` are given."""
-    groups: dict[str, list[Evaluation]] = {}
-    for e in evaluations:
-        groups.setdefault(e.label, []).append(e)
+    groups = by_label(evaluations)
     columns = table_columns(variants)
     header = ["model", "seeds", *(c[0] for c in columns)]
     lines = [
@@ -616,6 +614,14 @@ def study_markdown(
     return "\n".join(lines) + "\n"
 
 
+def by_label(evaluations: Sequence[Evaluation]) -> dict[str, list[Evaluation]]:
+    """The evaluations of each model (SFT, or an arm's seeds), in study order."""
+    groups: dict[str, list[Evaluation]] = {}
+    for e in evaluations:
+        groups.setdefault(e.label, []).append(e)
+    return groups
+
+
 def consistency_share(metrics: Mapping[str, Any], variant: str = "base") -> float | None:
     """Share of a variant's judged answers (consistent or inconsistent) the judge found consistent."""
     q = _get(metrics, variant, "quadrants") or {}
@@ -628,9 +634,7 @@ def consistency_share(metrics: Mapping[str, Any], variant: str = "base") -> floa
 
 def sampled_table(sampled: Sequence[Evaluation]) -> list[str]:
     """study.md's table of the sampled evaluations (sampled/): base accuracy and CoT consistency."""
-    groups: dict[str, list[Evaluation]] = {}
-    for e in sampled:
-        groups.setdefault(e.label, []).append(e)
+    groups = by_label(sampled)
     lines = [
         f"Base answers sampled at temperature {SAMPLING['temperature']:g}, as GRPO samples them "
         f"({SAMPLED}/; mean ± half the range over seeds): accuracy, and CoT consistency (the share of "

@@ -18,7 +18,8 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -375,14 +376,7 @@ class HFModel:
         decoding: dict[str, Any] = {"do_sample": False}
         if self.temperature > 0:
             decoding = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
-        # Sampling draws from torch's global generator: seeded here from the batch, and put back
-        # after, so sampled evaluation neither depends on nor disturbs what ran before (a trainer's).
-        with (
-            torch.random.fork_rng(devices=[] if self.model.device.type != "cuda" else None),
-            _StepLogits(self.model, list(columns)) as steps,
-        ):
-            if self.temperature > 0:
-                torch.manual_seed(self._batch_seed(prompts))
+        with self._sampling_rng(prompts), _StepLogits(self.model, list(columns)) as steps:
             out = self.model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -417,6 +411,18 @@ class HFModel:
                 if probs is not None:
                     gens[b].letter_probs, gens[b].score_source = probs, "forced"
         return gens
+
+    @contextmanager
+    def _sampling_rng(self, prompts: Sequence[Prompt]) -> Iterator[None]:
+        """When sampling: torch's global generator (which `generate` draws from) seeded from the
+        batch, and put back after, so sampled evaluation neither depends on nor disturbs what ran
+        before (a trainer's stream). Greedy decoding draws nothing and leaves it alone."""
+        if self.temperature <= 0:
+            yield
+            return
+        with torch.random.fork_rng(devices=[] if self.model.device.type != "cuda" else None):
+            torch.manual_seed(self._batch_seed(prompts))
+            yield
 
     def _batch_seed(self, prompts: Sequence[Prompt]) -> int:
         """A seed from sample_seed and which prompts the batch holds (sha256: stable across runs)."""

@@ -254,17 +254,14 @@ class Batcher:
             # The target's tokens are those the full text has beyond its prompt (counted on the text,
             # before the processor expands image tokens). Counting the target on its own would be off
             # where byte-level BPE merges across the boundary (a hedge's last word with " The").
-            n = len(self.tok(text, add_special_tokens=False)["input_ids"]) - len(
-                self.tok(prompt, add_special_tokens=False)["input_ids"]
-            )
+            tokens = len(self.tok(text, add_special_tokens=False)["input_ids"])
+            n = tokens - len(self.tok(prompt, add_special_tokens=False)["input_ids"])
             labels[i, lengths[i] - n : lengths[i]] = enc["input_ids"][i, lengths[i] - n : lengths[i]]
             if not examples[i].letter_loss:
                 # the letter is the token after the last <answer> (an added token, so the count of
                 # tokens behind it is the same in the text as in the model's input)
                 cut = text.rindex("<answer>") + len("<answer>") + 1
-                behind = len(self.tok(text, add_special_tokens=False)["input_ids"]) - len(
-                    self.tok(text[:cut], add_special_tokens=False)["input_ids"]
-                )
+                behind = tokens - len(self.tok(text[:cut], add_special_tokens=False)["input_ids"])
                 labels[i, lengths[i] - behind - 1] = -100
         enc["labels"] = labels
         return dict(enc)
