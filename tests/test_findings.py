@@ -308,6 +308,45 @@ def test_faithful_gate_with_nothing_judged_inconsistent_says_so():
     assert f.verdict == INCONCLUSIVE and f.p_value == 1.0 and "almost nothing to take away" in f.reason
 
 
+def think_run(label, seed, p_of, answer_of=lambda i: "B"):
+    """A run with wrong_think records whose P(correct) on sample i is p_of(i)."""
+    records = [rec(i, "wrong_think", False, p=p_of(i)) for i in range(N)]
+    for i, r in enumerate(records):
+        r["answer"] = answer_of(i)
+    return EvalRun(label, seed, records)
+
+
+def test_gate_holding_answers_to_a_wrong_think_is_wilcoxon_over_seed_pairs():
+    from scipy.stats import wilcoxon
+
+    # augment+faithful keeps 0.01 * (i % 3) less on the right letter than augment, seed by seed
+    evaluations = [think_run("augment", s, lambda i: 0.2) for s in (0, 1)]
+    evaluations += [think_run("augment+faithful", s, lambda i: 0.2 - 0.01 * (i % 3)) for s in (0, 1)]
+    evaluations.append(think_run("augment+faithful", 2, lambda i: 0.0))  # no augment seed 2: unpaired
+    f = F.gate_finding(evaluations)
+    diffs = [-0.01 * (i % 3) for i in range(N)] * 2
+    assert f.key == "6d" and f.n == 2 * N and f.effect == pytest.approx(sum(diffs) / (2 * N))
+    assert f.p_value == pytest.approx(wilcoxon(diffs).pvalue) and f.verdict == REPRODUCED
+    assert f"the same answer in {2 * N} of {2 * N} pairs" in f.measured and "per seed p" in f.measured
+    assert "the shift is small" in f.reason and "differ in 0 of 80 pairs" in f.reason
+    # the opposite (the gate raising P(correct) under a wrong think) is not reproduced; large, not small
+    rise = [
+        think_run("augment", 0, lambda i: 0.1),
+        think_run("augment+faithful", 0, lambda i: 0.5 + i / 1000),
+    ]
+    up = F.gate_finding(rise)
+    assert up.verdict == NOT_REPRODUCED and "small" not in up.reason
+
+
+def test_gate_finding_without_pairs_or_differences_is_null():
+    none = F.gate_finding([think_run("augment", 0, lambda i: 0.2)])
+    assert none.p_value is None and none.verdict == INCONCLUSIVE and "no augment+faithful" in none.reason
+    same = F.gate_finding(
+        [think_run("augment", 0, lambda i: 0.2), think_run("augment+faithful", 0, lambda i: 0.2)]
+    )
+    assert same.p_value is None and same.n == N and "nothing to test" in same.reason
+
+
 # ----------------------------------------------------------------------------- 7: drops, whole
 
 
@@ -358,7 +397,7 @@ def test_confidence_drop_is_wilcoxon_over_samples_with_probabilities():
 def test_nothing_evaluated_gives_every_finding_null_with_a_reason():
     found = F.compute_findings([], {})
     assert [f.key for f in found] == [
-        *("1", "2", "3", "4a", "4b", "5a", "5b", "6a", "6b", "6c"),
+        *("1", "2", "3", "4a", "4b", "5a", "5b", "6a", "6d", "6b", "6c"),
         *("7a", "7b", "7c", "7d"),
     ]
     for f in found:

@@ -630,8 +630,9 @@ def auroc_finding(
 def faithful_reward_findings(
     evaluations: Sequence[EvalRun], dynamics: Mapping[str, Sequence[Row]]
 ) -> list[Finding]:
-    """6a: the faithful arm's base consistency against the plain arm's; 6b, 6c: the faithful +
-    augmentation arm's completions grow shorter and more alike over its steps (the shortcut)."""
+    """6a: the faithful arm's base consistency against the plain arm's; 6d: with augmentation, the
+    gate holds answers to a wrong think (gate_finding); 6b, 6c: the faithful + augmentation arm's
+    completions grow shorter and more alike over its steps (the shortcut)."""
     consistency = faithful_consistency_finding(evaluations)
     shortcut = (
         "faithfulness reward plus augmentation can collapse into short, templated CoTs that satisfy the judge"
@@ -657,7 +658,76 @@ def faithful_reward_findings(
         "",
         3,
     )
-    return [consistency, length, templated]
+    return [consistency, gate_finding(evaluations), length, templated]
+
+
+SMALL_SHIFT = 0.01  # below this mean shift in P(correct) a significant difference is called small
+
+
+def gate_finding(evaluations: Sequence[EvalRun], key: str = "6d") -> Finding:
+    """6d: where the faithfulness gate bites. On a wrong_think prompt the plain reward pays an answer
+    that leaves the wrong think for the right letter, and the gated reward pays it nothing (the judge
+    finds it inconsistent) while still paying format to an answer that follows the think. So, with
+    augmentation, the augment+faithful policy should keep less probability on the right letter under
+    wrong_think than the augment policy: per-sample P(correct), paired by seed and sample (Wilcoxon
+    signed-rank, two-sided, every (seed, sample) pair pooled); the paper's direction is a fall."""
+    claim = (
+        f"with augmentation, the faithfulness-aware reward holds answers to a wrong think placed in "
+        f"their mouth: under wrong_think, {BOTH} puts less probability on the right letter than {AUGMENT}"
+    )
+    paper = (
+        "faithfulness reward plus augmentation can collapse into shortcuts that satisfy the judge "
+        "(R x 1[consistent] pays an answer only when it follows its think, a wrong one included)"
+    )
+    test = "Wilcoxon signed-rank (two-sided) of per-sample P(correct) on wrong_think, paired by seed, pooled"
+    pairs = _by_seed(_runs(evaluations, BOTH), _runs(evaluations, AUGMENT))
+    diffs: list[float] = []
+    a_p: list[float] = []
+    b_p: list[float] = []
+    same = 0
+    per_seed = []
+    for a, b in pairs:
+        pa, pb = p_correct_by_sample(a.records, "wrong_think"), p_correct_by_sample(b.records, "wrong_think")
+        common = sorted(set(pa) & set(pb))
+        d = [pa[s] - pb[s] for s in common]
+        if any(d):
+            per_seed.append(f"seed {a.seed}: {fmt_p(float(wilcoxon(d, zero_method='wilcox').pvalue))}")
+        diffs += d
+        a_p += [pa[s] for s in common]
+        b_p += [pb[s] for s in common]
+        ans_a, ans_b = _answers(a.records), _answers(b.records)
+        same += sum(ans_a.get(s) == ans_b.get(s) for s in common)
+    if not diffs:
+        why = f"no {BOTH} / {AUGMENT} runs with wrong_think letter probabilities to pair"
+        return Finding(key, claim, paper, "not measured", None, test, None, None, INCONCLUSIVE, why)
+    effect = float(np.mean(diffs))
+    measured = (
+        f"mean P(correct) on wrong_think: {BOTH} {np.mean(a_p):.4f} vs {AUGMENT} {np.mean(b_p):.4f} "
+        f"({effect:+.4f}); n = {len(diffs)} pairs over {len(pairs)} seed{'s' if len(pairs) != 1 else ''}; "
+        f"the same answer in {same} of {len(diffs)} pairs"
+        + (f"; per seed p: {', '.join(per_seed)}" if len(per_seed) > 1 else "")
+    )
+    if not any(diffs):
+        why = "P(correct) on wrong_think is the same in both arms for every sample: nothing to test"
+        return Finding(key, claim, paper, measured, len(diffs), test, None, effect, INCONCLUSIVE, why)
+    p = float(wilcoxon(diffs, zero_method="wilcox", alternative="two-sided").pvalue)
+    verdict, reason = decide(effect, p, -1)
+    if abs(effect) < SMALL_SHIFT:
+        reason += (
+            f"; the shift is small ({abs(effect):.4f} of probability on average) and the answers differ "
+            f"in {len(diffs) - same} of {len(diffs)} pairs: the gate changes how firmly the policy "
+            "follows a given think more than what it answers"
+        )
+    return Finding(key, claim, paper, measured, len(diffs), test, p, effect, verdict, reason)
+
+
+def _answers(records: Sequence[Record]) -> dict[str, object]:
+    """sample_id -> the wrong_think answer (records without error)."""
+    return {
+        str(r["sample_id"]): r.get("answer")
+        for r in records
+        if r["variant"] == "wrong_think" and r.get("error") is None
+    }
 
 
 def faithful_consistency_finding(
