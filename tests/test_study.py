@@ -221,6 +221,17 @@ def test_findings_section_has_a_row_per_finding_with_p_or_a_null_reason(done):
     plotted = re.findall(figure, section)
     assert plotted == [f["key"] for f in saved["findings"] if f["series"] and f["series"]["points"]]
     assert {"3", "6b", "6c"} <= set(plotted)
+    # and the sampled evaluations 2s and 6s read, one row per model, the cells study.md has
+    table = text.split("| sampled base acc % | sampled base consistency % |")[1].split("\n\n")[0]
+    md_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:] if line]
+    assert [
+        [r["model"], r["seeds"], r["accuracy"], r["consistency"]] for r in saved["sampled"]["rows"]
+    ] == md_rows
+    for model, seeds, acc, cons in md_rows:
+        assert (
+            f'<tr data-sampled="{model}"><td>{model}</td><td>{seeds}</td><td>{acc}</td><td>{cons}</td></tr>'
+            in section
+        )
 
 
 def test_a_report_that_is_not_a_studys_has_no_findings(done, tmp_path):
@@ -320,7 +331,7 @@ def test_arm_config_switches_only_augmentation_and_reward_gating(config_file):
     assert len({json.dumps(c.model_dump(), sort_keys=True) for c in configs.values()}) == len(ARMS)
 
 
-def test_augment_arms_of_a_config_without_augmentation_take_ten_percent_each(config_file, tmp_path):
+def test_augment_arms_of_a_config_without_augmentation_take_the_study_rates(config_file, tmp_path):
     raw = yaml.safe_load(config_file.read_text())
     raw["augment"] = dict.fromkeys(raw["augment"], 0.0)  # as the shipped grpo-tiny.yaml
     path = tmp_path / "plain.yaml"
@@ -328,7 +339,18 @@ def test_augment_arms_of_a_config_without_augmentation_take_ten_percent_each(con
     base = study.base_config(settings(Path("unused"), path))
     for arm in ARMS:
         rates = study.arm_config(base, arm).augment
-        assert rates == (dict.fromkeys(rates, 0.1) if arm.augment else dict.fromkeys(rates, 0.0))
+        assert rates == (study.ARM_AUGMENT if arm.augment else dict.fromkeys(rates, 0.0))
+    # the paper's four kinds, the misleading ones raised; a config's own rates are kept as they are
+    assert study.ARM_AUGMENT == {
+        "correct_think": 0.1,
+        "wrong_think": 0.3,
+        "correct_caption": 0.1,
+        "wrong_caption": 0.2,
+    }
+    raw["augment"] = {"wrong_caption": 0.5}
+    path.write_text(yaml.safe_dump(raw))
+    own = study.base_config(settings(Path("unused"), path))
+    assert study.arm_config(own, ARMS[1]).augment == own.augment and own.augment["wrong_caption"] == 0.5
 
 
 def _metrics(base: float, entropy: float | None, followed: float) -> dict:
@@ -397,6 +419,8 @@ def test_shipped_arms_are_used_only_where_the_study_would_train_exactly_them(
         original_dynamics = trained / "train" / arm.name / f"seed-{seed}" / "dynamics.jsonl"
         assert (run / "dynamics.jsonl").read_bytes() == original_dynamics.read_bytes()
     assert [e.origin for e in result.evaluations[1:]] == ["shipped"] * len(ARMS) * len(SEEDS)
+    with pytest.raises(UsageError, match="nothing to ship"):  # installed arms are not shipped again
+        study.ship_arms(tmp_path / "s", tmp_path / "again")
 
     calls = []
 

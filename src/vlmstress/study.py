@@ -5,7 +5,7 @@ trained over several seeds; the SFT model and every arm's final policy are evalu
 perturbation suite on the synthetic test split (rule judge), and one table compares the arms:
 
   plain             GRPO with the config's rewards, no augmentation
-  augment           + adversarial prompt augmentation (the config's rates; 10% each if it has none)
+  augment           + adversarial prompt augmentation (the config's rates; ARM_AUGMENT if it has none)
   faithful          + the faithfulness-aware reward: every reward term x 1[judge says consistent]
   augment+faithful  both
 
@@ -102,6 +102,13 @@ ARMS = (
 )
 
 
+# The augment arms' rates where the config trains without augmentation: the paper's four kinds, with
+# the misleading ones raised from its 10%. The paper trains 1k+ steps, the tiny arms 120; at 10% each
+# the augmented tiny arms' wrong_caption accuracy moved -0.8 points against their unaugmented twins
+# (n.s.), at these rates +2.3 points per seed (docs/tiny-model.md, "Shipped arms").
+ARM_AUGMENT = {"correct_think": 0.1, "wrong_think": 0.3, "correct_caption": 0.1, "wrong_caption": 0.2}
+
+
 def arm_config(base: GRPORunConfig, arm: Arm) -> GRPORunConfig:
     """`base` with the arm's augmentation and reward gating; everything else as in `base`."""
     from vlmstress.train.augment import default_rates
@@ -110,8 +117,8 @@ def arm_config(base: GRPORunConfig, arm: Arm) -> GRPORunConfig:
         rates = dict.fromkeys(base.augment, 0.0)
     elif any(base.augment.values()):
         rates = base.augment
-    else:  # a config that trains without augmentation: the arm takes the default, 10% each
-        rates = default_rates()
+    else:  # a config that trains without augmentation: the arm takes the study's rates
+        rates = {**dict.fromkeys(default_rates(), 0.0), **ARM_AUGMENT}
     rewards = [term.model_copy(update={"faithful": arm.faithful}) for term in base.rewards]
     return base.model_copy(update={"augment": rates, "rewards": rewards})
 
@@ -340,7 +347,8 @@ def _run(
                 if not settings.retrain and (settings.shipped / arm.name / f"seed-{seed}" / DONE).exists():
                     stage(
                         f"the shipped {arm.name} arm, seed {seed}, was trained from other SFT weights or "
-                        "settings than this study's: training it here (hours on a CPU at 120 steps)"
+                        "settings than this study's: training it here (10-15 minutes per arm and seed "
+                        "on one CPU core at 120 steps)"
                     )
                 stage(f"GRPO arm {arm.name}, seed {seed}: {settings.grpo_steps} steps -> {run}")
                 _train(cfg, seed, run, digest, log)
@@ -351,6 +359,8 @@ def _run(
     table = study_markdown(evaluations, variants, settings, found, sampled)
     write_atomic(out / "study.md", table)
     summary = findings_json(found)
+    if sampled:  # the evaluations findings 2s and 6s read, as a table beside the Findings
+        summary["sampled"] = {"lead": SAMPLED_LEAD, "rows": sampled_rows(sampled)}
     write_atomic(out / FINDINGS, json.dumps(summary, indent=2))
     # An arm's folder holds its seeds' dynamics.jsonl: the report plots their mean and spread.
     arms = dict.fromkeys(e.label for e in evaluations if e.seed is not None)
@@ -470,9 +480,10 @@ def install_arm(shipped: Path, run: Path) -> None:
 
 
 def ship_arms(study: Path, dest: Path = SHIPPED_ARMS) -> list[Path]:
-    """Copy a study's trained arms (train/ARM/seed-S with trained.json) into `dest` as shipped
-    checkpoints: final/ with its weights in float16 (half the size; what that changes is measured
-    in docs/tiny-model.md), dynamics.jsonl, trained.json. Returns the folders written."""
+    """Copy a study's trained arms (train/ARM/seed-S with trained.json; arms it installed from the
+    shipped ones are left as they are) into `dest` as shipped checkpoints: final/ with its weights
+    in float16 (half the size; what that changes is measured in docs/tiny-model.md),
+    dynamics.jsonl, trained.json. Returns the folders written."""
     from safetensors.torch import load_file, save_file
 
     done = sorted(Path(study).glob(f"train/*/seed-*/{DONE}"))
@@ -482,7 +493,9 @@ def ship_arms(study: Path, dest: Path = SHIPPED_ARMS) -> list[Path]:
     for path in done:
         run = path.parent
         made = json.loads(path.read_text())
-        if made.get("source") != "trained" or made.get("sft_weights") is None:
+        if made.get("source") == "shipped":  # installed from dest: already shipped as it is
+            continue
+        if made.get("sft_weights") is None:
             raise UsageError(f"{run} was not trained in that study from tiny weights: not shipped")
         target = dest / run.parent.name / run.name
         if target.exists():
@@ -497,6 +510,10 @@ def ship_arms(study: Path, dest: Path = SHIPPED_ARMS) -> list[Path]:
         shutil.copy2(run / "dynamics.jsonl", target / "dynamics.jsonl")
         (target / DONE).write_text(json.dumps(made, indent=1) + "\n")
         written.append(target)
+    if not written:
+        raise UsageError(
+            f"every arm under {study}/train was installed from the shipped ones: nothing to ship"
+        )
     return written
 
 
@@ -575,8 +592,9 @@ def study_markdown(
         f"# GRPO arms vs the SFT model {settings.model} on synth:{settings.n}",
         "",
         f"GRPO: {settings.grpo_steps} steps per arm and seed, arms overriding {settings.config.name}"
-        f"{_provenance(evaluations)}. Evaluation: the synthetic test split (data seed {settings.seed}), "
-        "rule judge. Cells: mean ± half the range over seeds (SFT: one greedy evaluation).",
+        f"{_provenance(evaluations)}{_augment_text(settings)}. Evaluation: the synthetic test split "
+        f"(data seed {settings.seed}), rule judge. Cells: mean ± half the range over seeds (SFT: one greedy "
+        "evaluation).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -614,6 +632,17 @@ def study_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _augment_text(settings: StudySettings) -> str:
+    """The augment arms' rates, as study.md states them ("" when the config cannot be read)."""
+    try:
+        rates = arm_config(base_config(settings), ARMS[1]).augment
+    except (OSError, UsageError):
+        return ""
+    return "; the augment arms' prompt augmentation: " + ", ".join(
+        f"{kind} {rate:g}" for kind, rate in rates.items() if rate
+    )
+
+
 def by_label(evaluations: Sequence[Evaluation]) -> dict[str, list[Evaluation]]:
     """The evaluations of each model (SFT, or an arm's seeds), in study order."""
     groups: dict[str, list[Evaluation]] = {}
@@ -632,22 +661,41 @@ def consistency_share(metrics: Mapping[str, Any], variant: str = "base") -> floa
     return (judged[0] + judged[1]) / sum(judged)
 
 
+SAMPLED_LEAD = (
+    f"Base answers sampled at temperature {SAMPLING['temperature']:g}, as GRPO samples them "
+    f"({SAMPLED}/; mean ± half the range over seeds): accuracy, and CoT consistency (the share of "
+    "judged answers the judge finds consistent with their own think)."
+)
+
+
+def sampled_rows(sampled: Sequence[Evaluation]) -> list[dict[str, str]]:
+    """One row per model of the sampled evaluations (sampled/): its seeds, base accuracy % and CoT
+    consistency % as study.md and the report's Findings show them (findings.json's `sampled`)."""
+    rows = []
+    for label, group in by_label(sampled).items():
+        rows.append(
+            {
+                "model": label,
+                "seeds": ",".join(str(e.seed) for e in group) if group[0].seed is not None else NULL,
+                "accuracy": spread_cell([_get(e.metrics, "base", "accuracy") for e in group], 100.0, 1),
+                "consistency": spread_cell([consistency_share(e.metrics) for e in group], 100.0, 1),
+            }
+        )
+    return rows
+
+
 def sampled_table(sampled: Sequence[Evaluation]) -> list[str]:
     """study.md's table of the sampled evaluations (sampled/): base accuracy and CoT consistency."""
-    groups = by_label(sampled)
     lines = [
-        f"Base answers sampled at temperature {SAMPLING['temperature']:g}, as GRPO samples them "
-        f"({SAMPLED}/; mean ± half the range over seeds): accuracy, and CoT consistency (the share of "
-        "judged answers the judge finds consistent with their own think).",
+        SAMPLED_LEAD,
         "",
         "| model | seeds | sampled base acc % | sampled base consistency % |",
         "|---|---|---|---|",
     ]
-    for label, group in groups.items():
-        seeds = ",".join(str(e.seed) for e in group) if group[0].seed is not None else NULL
-        acc = spread_cell([_get(e.metrics, "base", "accuracy") for e in group], 100.0, 1)
-        cons = spread_cell([consistency_share(e.metrics) for e in group], 100.0, 1)
-        lines.append(f"| {label} | {seeds} | {acc} | {cons} |")
+    lines += [
+        f"| {r['model']} | {r['seeds']} | {r['accuracy']} | {r['consistency']} |"
+        for r in sampled_rows(sampled)
+    ]
     return lines
 
 
